@@ -1,0 +1,1 @@
+"""The auditor: the store, ingestion, and the audits that read windows of stored data."""

@@ -1,0 +1,500 @@
+"""The store: what was ingested (and from where), on SQLite or PostgreSQL through SQLAlchemy.
+
+Three choices keep it fast at millions of events a day without hiding anything:
+- event rows are keyed by where they came from, (source_id, line), so every stored event and
+  every quarantined line points back to its raw line;
+- movie ids are stored once, in `movie_keys`, and referenced by an integer key, so event rows
+  are all fixed-width integers;
+- times are naive UTC: `timestamp` on PostgreSQL, integer microseconds on SQLite, behind one
+  column type (`UTCTime`).
+Bulk loads use each database's fast path (executemany in one transaction on SQLite, binary
+COPY on PostgreSQL); window reads use binary COPY out on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.types import TypeDecorator
+
+DEFAULT_URL = "sqlite:///recaudit.db"
+URL_ENV = "RECAUDIT_DATABASE_URL"
+_EPOCH = datetime(1970, 1, 1)
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
+
+
+class UTCTime(TypeDecorator):
+    """A naive UTC time: `timestamp` on PostgreSQL, integer microseconds on SQLite."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        ts = pd.Timestamp(value)
+        if ts.tzinfo is not None:
+            ts = ts.tz_convert("UTC").tz_localize(None)
+        return ts.value // 1000 if dialect.name == "sqlite" else ts.to_pydatetime()
+
+    def process_result_value(self, value, dialect):
+        if value is None or dialect.name != "sqlite":
+            return value
+        return _EPOCH + timedelta(microseconds=value)
+
+
+metadata = MetaData()
+
+ingested_sources = Table(
+    "ingested_sources", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # events, users, movies, movielens
+    Column("name", Text, nullable=False),  # the path as given, or "-" for standard input
+    Column("fingerprint", String(64), nullable=False, unique=True),  # sha256 of the content up to end_offset
+    Column("start_offset", BigInteger, nullable=False, default=0),
+    Column("end_offset", BigInteger, nullable=False),
+    Column("first_line", BigInteger, nullable=False, default=1),
+    Column("last_line", BigInteger, nullable=False),
+    Column("lines", BigInteger, nullable=False),
+    Column("stored", Text, nullable=False),  # JSON counts by kind
+    Column("quarantined", BigInteger, nullable=False),
+    Column("ingested_at", UTCTime, nullable=False),
+)
+
+movie_keys = Table(
+    "movie_keys", metadata,
+    Column("key", Integer, primary_key=True, autoincrement=False),
+    Column("movie_id", Text, nullable=False, unique=True),
+)
+
+users = Table(
+    "users", metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("age", Integer),
+    Column("age_group", String(32)),
+    Column("gender", String(16)),
+    Column("occupation", Text),
+    Column("source_id", Integer, nullable=False),
+)
+
+movies = Table(
+    "movies", metadata,
+    Column("movie_key", Integer, primary_key=True, autoincrement=False),
+    Column("title", Text),
+    Column("year", Integer),
+    Column("genres", Text),
+    Column("source_id", Integer, nullable=False),
+)
+
+watches = Table(
+    "watches", metadata,
+    Column("source_id", Integer, nullable=False),
+    Column("line", BigInteger, nullable=False),
+    Column("time", UTCTime, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("movie_key", Integer, nullable=False),
+    Column("minute", Integer, nullable=False),
+    Index("watches_time", "time"),
+)
+
+ratings = Table(
+    "ratings", metadata,
+    Column("source_id", Integer, nullable=False),
+    Column("line", BigInteger, nullable=False),
+    Column("time", UTCTime, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("movie_key", Integer, nullable=False),
+    Column("rating", SmallInteger, nullable=False),
+    Index("ratings_time", "time"),
+)
+
+recommendations = Table(
+    "recommendations", metadata,
+    Column("source_id", Integer, nullable=False),
+    Column("line", BigInteger, nullable=False),
+    Column("time", UTCTime, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("server", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("error", Text),
+    PrimaryKeyConstraint("source_id", "line"),
+    Index("recommendations_time", "time"),
+)
+
+recommendation_items = Table(
+    "recommendation_items", metadata,
+    Column("source_id", Integer, nullable=False),
+    Column("line", BigInteger, nullable=False),
+    Column("rank", SmallInteger, nullable=False),
+    Column("movie_key", Integer, nullable=False),
+    PrimaryKeyConstraint("source_id", "line", "rank"),
+)
+
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source_id", Integer, nullable=False),
+    Column("file", Text, nullable=False),  # the file the line came from (a MovieLens source has three)
+    Column("line", BigInteger, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}
+
+
+def resolve_url(db: str | None = None) -> str:
+    """The database URL: `db`, else $RECAUDIT_DATABASE_URL, else ./recaudit.db.
+
+    A bare path means an SQLite file; ``postgresql://`` URLs use psycopg 3.
+    """
+    url = db or os.environ.get(URL_ENV) or DEFAULT_URL
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+@dataclass
+class Window:
+    """Everything the audits read for one time window, as frames."""
+
+    since: pd.Timestamp | None
+    until: pd.Timestamp | None
+    watches: pd.DataFrame
+    ratings: pd.DataFrame
+    recommendations: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    movies: pd.DataFrame
+
+
+class Store:
+    """One database: its schema, bulk writes, and reads back into frames."""
+
+    def __init__(self, url: str | None = None):
+        self.url = resolve_url(url)
+        self.engine: Engine = create_engine(self.url)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: everything in it is committed together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def insert(self, conn: Connection, table: Table, df: pd.DataFrame) -> int:
+        """Append a frame whose columns are (a subset of) the table's, by the fast path."""
+        if df.empty:
+            return 0
+        cols = list(df.columns)
+        if self.dialect == "postgresql":
+            _pg_copy(conn, table.name, df, [table.c[c].type for c in cols])
+        else:
+            values = [_sqlite_values(df[c], table.c[c].type) for c in cols]
+            sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            conn.exec_driver_sql(sql, list(zip(*values)))
+        return len(df)
+
+    def upsert(self, conn: Connection, table: Table, df: pd.DataFrame, key: str) -> int:
+        """Insert rows, replacing those whose `key` already exists."""
+        if df.empty:
+            return 0
+        cols = list(df.columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+        if self.dialect == "postgresql":
+            staging = f"staging_{table.name}"
+            conn.exec_driver_sql(f"CREATE TEMP TABLE {staging} (LIKE {table.name})")
+            _pg_copy(conn, staging, df, [table.c[c].type for c in cols])
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {staging} "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+            conn.exec_driver_sql(f"DROP TABLE {staging}")
+        else:
+            values = [_sqlite_values(df[c], table.c[c].type) for c in cols]
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}", list(zip(*values)))
+        return len(df)
+
+    def lock_for_ingest(self, conn: Connection) -> None:
+        """Serialise writers that assign movie keys (SQLite's write lock already does)."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("LOCK TABLE movie_keys IN SHARE ROW EXCLUSIVE MODE")
+
+    def movie_keys(self, conn: Connection, ids: pd.Index | list[str], known: dict[str, int]) -> np.ndarray:
+        """Integer keys of movie ids, assigning new keys for ids never seen. `known` is a cache
+        filled from the table on first use and kept current; call `lock_for_ingest` first."""
+        if not known:
+            known.update(dict(conn.execute(movie_keys.select().with_only_columns(
+                movie_keys.c.movie_id, movie_keys.c.key)).all()))
+        new = [m for m in dict.fromkeys(ids) if m not in known]
+        if new:
+            start = max(known.values(), default=0) + 1
+            fresh = {m: start + i for i, m in enumerate(new)}
+            self.insert(conn, movie_keys, pd.DataFrame({"key": list(fresh.values()), "movie_id": new}))
+            known.update(fresh)
+        return np.fromiter((known[m] for m in ids), dtype=np.int64, count=len(ids))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def movie_ids(self) -> pd.Series:
+        """Movie id by key, for turning stored keys back into ids."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT key, movie_id FROM movie_keys ORDER BY key")).all()
+        return pd.Series([r[1] for r in rows], index=np.array([r[0] for r in rows], dtype=np.int64),
+                         dtype=object)
+
+    def read(self, name: str, since=None, until=None) -> pd.DataFrame:
+        """One kind of stored rows in [since, until), as frames shaped like the parser's.
+
+        `name` is watches, ratings, recommendations, items (of the recommendations in the
+        window), users, movies or quarantine.
+        """
+        if name == "users":
+            return self._frame("SELECT user_id, age, age_group, gender, occupation FROM users ORDER BY user_id")
+        if name == "movies":
+            df = self._frame("SELECT movie_key, title, year, genres FROM movies ORDER BY movie_key")
+            return self._with_movie_ids(df)[["movie_id", "title", "year", "genres"]]
+        if name == "quarantine":
+            return self._frame("SELECT source_id, file, line, raw, reason FROM quarantine ORDER BY id")
+        where, params = _time_filter(since, until, self.dialect)
+        if name == "items":
+            sql = ("SELECT i.source_id, i.line, i.rank, i.movie_key FROM recommendation_items i "
+                   "JOIN recommendations r ON r.source_id = i.source_id AND r.line = i.line "
+                   f"{where.replace('time', 'r.time')} ORDER BY r.time, i.source_id, i.line, i.rank")
+            return self._with_movie_ids(self._frame(sql, params, fixed=True))
+        table = EVENT_TABLES[name]
+        cols = [c.name for c in table.columns]
+        sql = f"SELECT {', '.join(cols)} FROM {name} {where} ORDER BY time, source_id, line"
+        df = self._frame(sql, params, fixed=name != "recommendations")
+        if name == "recommendations":
+            df["server"] = df["server"].astype("category")
+        return self._with_movie_ids(df) if "movie_key" in df else df
+
+    def window(self, since=None, until=None) -> Window:
+        """Every frame an audit may need for [since, until) in one call."""
+        return Window(
+            since=None if since is None else pd.Timestamp(since),
+            until=None if until is None else pd.Timestamp(until),
+            **{name: self.read(name, since, until) for name in
+               ("watches", "ratings", "recommendations", "items", "users", "movies")},
+        )
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+    def _with_movie_ids(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Replace the movie_key column by a categorical movie_id in the same place."""
+        ids = self.movie_ids()
+        at = df.columns.get_loc("movie_key")
+        keys = df.pop("movie_key").to_numpy(dtype=np.int64)
+        if len(ids):
+            codes = np.searchsorted(ids.index.to_numpy(), keys)
+            movie_id = pd.Categorical.from_codes(codes, categories=ids.to_numpy()).remove_unused_categories()
+        else:
+            movie_id = pd.Categorical([])
+        df.insert(at, "movie_id", movie_id)
+        return df
+
+    def _frame(self, sql: str, params: dict | None = None, fixed: bool = False) -> pd.DataFrame:
+        """Run a query into a frame; `fixed` queries (integer and time columns, no NULLs) read
+        through binary COPY on PostgreSQL."""
+        with self.engine.connect() as conn:
+            if fixed and self.dialect == "postgresql":
+                return _pg_copy_out(conn, sql, params or {})
+            result = conn.execute(text(sql), params or {})
+            cols = list(result.keys())
+            rows = result.all()
+        df = pd.DataFrame.from_records(rows, columns=cols)
+        return _typed(df, self.dialect)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions and the PostgreSQL fast paths.
+
+_INT_COLUMNS = {"source_id", "line", "user_id", "movie_key", "minute", "rating", "status", "latency_ms",
+                "n_items", "rank", "key"}
+
+
+def _typed(df: pd.DataFrame, dialect: str) -> pd.DataFrame:
+    for c in df.columns:
+        if c == "time":
+            if dialect == "sqlite":
+                df[c] = df[c].to_numpy(dtype=np.int64).astype("datetime64[us]").astype("datetime64[ns]")
+            else:
+                df[c] = pd.to_datetime(df[c]).astype("datetime64[ns]")
+        elif c in _INT_COLUMNS:
+            df[c] = df[c].astype(np.int64)
+        elif c in ("age", "year"):
+            df[c] = df[c].astype("Int64")
+    return df
+
+
+def _time_filter(since, until, dialect: str) -> tuple[str, dict]:
+    clauses, params = [], {}
+    for name, value, op in (("since", since, ">="), ("until", until, "<")):
+        if value is not None:
+            clauses.append(f"time {op} :{name}")
+            params[name] = UTCTime().process_bind_param(value, _Dialect(dialect))
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class _Dialect:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _python_values(series: pd.Series, type_) -> list:
+    """A column as Python values for a driver: ints, strings or None; times in the storage form
+    of the dialect (SQLite: microseconds; PostgreSQL: datetime)."""
+    if isinstance(type_, UTCTime):
+        return (series.to_numpy(dtype="datetime64[ns]").astype(np.int64) // 1000).tolist()
+    return [None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v
+            for v in series.astype(object).tolist()]
+
+
+def _sqlite_values(series: pd.Series, type_) -> list:
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
+        return series.tolist()
+    return _python_values(series, type_)
+
+
+_PG_FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "timestamp": ">i8"}
+_PG_OIDS = {21: ">i2", 23: ">i4", 20: ">i8", 1114: "timestamp"}
+
+
+def _pg_kind(type_) -> str:
+    if isinstance(type_, UTCTime):
+        return "timestamp"
+    if isinstance(type_, SmallInteger):
+        return "int2"
+    if isinstance(type_, BigInteger):
+        return "int8"
+    if isinstance(type_, Integer):
+        return "int4"
+    return "text"
+
+
+def _pg_copy(conn: Connection, table: str, df: pd.DataFrame, types: list) -> None:
+    """COPY a frame in binary: encoded with numpy when every column is a non-null integer or
+    time, else row by row through psycopg."""
+    kinds = [_pg_kind(t) for t in types]
+    cols = list(df.columns)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT binary)") as copy:
+        if all(k in _PG_FIXED for k in kinds) and not df.isna().any().any():
+            fields = [("n", ">i2")]
+            for i, k in enumerate(kinds):
+                fields += [(f"l{i}", ">i4"), (f"v{i}", _PG_FIXED[k])]
+            rows = np.empty(len(df), dtype=np.dtype(fields))
+            rows["n"] = len(cols)
+            for i, (c, k) in enumerate(zip(cols, kinds)):
+                rows[f"l{i}"] = int(_PG_FIXED[k][-1])
+                if k == "timestamp":
+                    rows[f"v{i}"] = df[c].to_numpy(dtype="datetime64[ns]").astype(np.int64) // 1000 - _PG_EPOCH_US
+                else:
+                    rows[f"v{i}"] = df[c].to_numpy(dtype=np.int64)
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+            copy.write(rows.tobytes())
+            copy.write(struct.pack(">h", -1))
+        else:
+            copy.set_types(kinds)
+            columns = []
+            for c, k, t in zip(cols, kinds, types):
+                values = _python_values(df[c], t)
+                if k == "timestamp":
+                    values = [None if v is None else _EPOCH + timedelta(microseconds=v) for v in values]
+                columns.append(values)
+            for row in zip(*columns):
+                copy.write_row(row)
+
+
+def _pg_copy_out(conn: Connection, sql: str, params: dict) -> pd.DataFrame:
+    """Run a query whose columns are non-null integers or times through binary COPY out."""
+    raw = conn.connection.driver_connection
+    query = _inline(sql, params, raw)
+    data = bytearray()
+    with raw.cursor() as cur:
+        cur.execute(f"SELECT * FROM ({query}) q LIMIT 0")
+        cols = [(d.name, _PG_OIDS[d.type_code]) for d in cur.description]
+        with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as copy:
+            for chunk in copy:
+                data += chunk
+    fields = [("n", ">i2")]
+    for i, (_, kind) in enumerate(cols):
+        fields += [(f"l{i}", ">i4"), (f"v{i}", ">i8" if kind == "timestamp" else kind)]
+    dtype = np.dtype(fields)
+    header = 19  # signature, flags, extension length
+    n = max(len(data) - header - 2, 0) // dtype.itemsize
+    rows = np.frombuffer(bytes(data), dtype=dtype, count=n, offset=header) if n else np.empty(0, dtype)
+    out = {}
+    for i, (name, kind) in enumerate(cols):
+        v = rows[f"v{i}"].astype(np.int64)
+        if kind == "timestamp":
+            v = (v + _PG_EPOCH_US).astype("datetime64[us]").astype("datetime64[ns]")
+        out[name] = v
+    return pd.DataFrame(out)
+
+
+def _inline(sql: str, params: dict, raw) -> str:
+    """Bind parameters into SQL text for a view (COPY and views take no parameters)."""
+    from psycopg import sql as psql
+
+    for name, value in params.items():
+        literal = psql.Literal(value).as_string(raw)
+        sql = sql.replace(f":{name}", literal)
+    return sql

@@ -1,0 +1,659 @@
+"""The streaming service's event log: parse its three line kinds into typed frames, and write them.
+
+Two paths give the same answer. A vectorised byte-level path (numpy) takes every line in the
+canonical form: printable ASCII, each field where the format puts it. Every other line goes to
+`parse_line`, a per-line regular-expression parser that is the definition of the format and
+names the reason for each reject. A property test holds the fast path to `parse_line`.
+
+Times are UTC and come back as naive ``datetime64[ns]``; the log's ISO-8601 timestamps carry
+no zone (a trailing ``Z`` is accepted). Nothing is dropped: every non-blank line ends in exactly
+one of the frames (a recommendation's items go to ``items``, keyed by its line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pandas as pd
+
+WATCH_PREFIX = b"GET /data/m/"
+RATE_PREFIX = b"GET /rate/"
+REC_PREFIX = b"recommendation request "
+STATUS_OK = 200
+MIN_YEAR, MAX_YEAR = 1678, 2261  # the span of datetime64[ns]
+CHUNK_BYTES = 16 << 20
+BLANK = " \t\r\x0b\x0c"  # a line of only these is blank: not counted, not stored
+
+_I, _T, _C, _O = "int64", "datetime64[ns]", "category", "object"
+SCHEMAS = {
+    "watches": {"line": _I, "time": _T, "user_id": _I, "movie_id": _C, "minute": _I},
+    "ratings": {"line": _I, "time": _T, "user_id": _I, "movie_id": _C, "rating": _I},
+    "recommendations": {"line": _I, "time": _T, "user_id": _I, "server": _C, "status": _I,
+                        "latency_ms": _I, "n_items": _I, "error": _O},
+    "items": {"line": _I, "rank": _I, "movie_id": _C},
+    "rejects": {"source": _O, "line": _I, "raw": _O, "reason": _O},
+}
+
+
+@dataclass
+class ParsedEvents:
+    """Typed frames of one piece of a log, with the rejects that explain every other line."""
+
+    watches: pd.DataFrame
+    ratings: pd.DataFrame
+    recommendations: pd.DataFrame
+    items: pd.DataFrame
+    rejects: pd.DataFrame
+    lines: int = 0  # non-blank lines read
+    span: int = 0  # physical lines covered, blank ones included
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "watch": len(self.watches),
+            "rate": len(self.ratings),
+            "recommend": len(self.recommendations),
+            "quarantined": len(self.rejects),
+        }
+
+    @classmethod
+    def concat(cls, parts: list["ParsedEvents"]) -> "ParsedEvents":
+        """One piece from several, rows in line order (pieces may interleave)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(_concat_frames(name, [getattr(p, name) for p in parts]) for name in SCHEMAS),
+                   lines=sum(p.lines for p in parts), span=sum(p.span for p in parts))
+
+
+def _concat_frames(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if len(frames) < 2:
+        return frames[0] if frames else _frame(name)
+    out = pd.concat(frames, ignore_index=True)
+    if not out["line"].is_monotonic_increasing:  # pieces interleave (the fast and reference paths)
+        out = out.sort_values(["line", "rank"] if name == "items" else "line", ignore_index=True, kind="stable")
+    return out.astype({c: t for c, t in SCHEMAS[name].items() if t == _C})
+
+
+def _frame(name: str, **values) -> pd.DataFrame:
+    """A frame of one of the SCHEMAS; columns not given are empty."""
+    schema = SCHEMAS[name]
+    df = pd.DataFrame({c: values.get(c, []) for c in schema}, copy=False)
+    wrong = {c: t for c, t in schema.items() if str(getattr(values.get(c), "dtype", None)) != t}
+    return df.astype(wrong) if wrong else df
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference parser: one line at a time, with reasons.
+
+_TS = r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?"
+TS_RE = re.compile(_TS + r"\Z")
+USER_RE = re.compile(r"\d{1,18}\Z")
+WATCH_RE = re.compile(r"GET /data/m/([^/,\s]+)/(\d{1,9})\.mpg\Z")
+RATE_RE = re.compile(r"GET /rate/([^/,\s]+)=(.*)\Z")
+RATING_RE = re.compile(r"[1-5]\Z")
+REC_RE = re.compile(r"recommendation request ([^,\s]+), status (\d{1,3}), result: (.*), (\d{1,9}) ms\Z", re.S)
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
+def parse_time(text: str) -> int | None:
+    """Nanoseconds since the epoch for a log timestamp, or None when it is not one."""
+    m = TS_RE.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        return None
+    try:
+        t = datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+    frac = m.group(7) or ""
+    seconds = (t.toordinal() - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second
+    return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
+
+
+def parse_line(text: str) -> tuple[str, tuple]:
+    """Parse one line (without its newline) into ``(kind, fields)``.
+
+    ``kind`` is ``watch`` (time_ns, user, movie, minute), ``rate`` (time_ns, user, movie,
+    rating), ``recommend`` (time_ns, user, server, status, latency, items, error), ``blank``
+    or ``reject`` (reason,).
+    """
+    if not text.strip(BLANK):
+        return "blank", ()
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "reject", ("control character in line",)
+    parts = text.split(",", 2)
+    if len(parts) < 3:
+        return "reject", ("too few fields",)
+    ts, user, body = parts
+    t = parse_time(ts)
+    if t is None:
+        return "reject", ("bad timestamp",)
+    if not USER_RE.match(user):
+        return "reject", ("bad user id",)
+    uid = int(user)
+    if body.startswith("GET /data/m/"):
+        m = WATCH_RE.match(body)
+        if not m:
+            return "reject", ("malformed watch request",)
+        return "watch", (t, uid, m.group(1), int(m.group(2)))
+    if body.startswith("GET /rate/"):
+        m = RATE_RE.match(body)
+        if not m:
+            return "reject", ("missing rating",) if "=" not in body else ("malformed rate request",)
+        if not RATING_RE.match(m.group(2)):
+            return "reject", ("rating not an integer 1-5",)
+        return "rate", (t, uid, m.group(1), int(m.group(2)))
+    if body.startswith("recommendation request "):
+        if "result:" not in body:
+            return "reject", ("missing result:",)
+        m = REC_RE.match(body)
+        if not m:
+            return "reject", ("malformed recommendation line",)
+        server, status, result, latency = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        if status == STATUS_OK:
+            items = result.split(", ") if result else []
+            return "recommend", (t, uid, server, status, latency, items, None)
+        return "recommend", (t, uid, server, status, latency, [], result)
+    return "reject", ("unknown request",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: line-aligned chunks of a file, a gzip file or standard input.
+
+def open_log(path: str | Path) -> BinaryIO:
+    """A binary stream for a log path: ``-`` is standard input, ``.gz`` is decompressed."""
+    if str(path) == "-":
+        return sys.stdin.buffer
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _aligned(stream: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    while True:
+        data = stream.read(chunk_bytes)
+        if not data:
+            return
+        if not data.endswith(b"\n"):
+            data += stream.readline()
+        yield data
+
+
+def iter_chunks(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES, first_line: int = 1) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(chunk, first_line_number)`` pieces that end on a line boundary."""
+    line = first_line
+    for data in _aligned(stream, chunk_bytes):
+        yield data, line
+        line += data.count(b"\n")
+
+
+def parse_stream(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
+                 first_line: int = 1) -> Iterator[ParsedEvents]:
+    """Parse a stream piece by piece (line numbers continue from `first_line`)."""
+    for data in _aligned(stream, chunk_bytes):
+        parsed = parse_bytes(data, source, first_line)
+        first_line += parsed.span
+        yield parsed
+
+
+def parse_file(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> ParsedEvents:
+    """Parse a whole log into memory (the streaming ingest uses `parse_stream`)."""
+    with open_log(path) as stream:
+        parts = list(parse_stream(stream, str(path), chunk_bytes))
+    return ParsedEvents.concat(parts) if parts else parse_bytes(b"", str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorised path.
+
+_TAIL = 64  # the last bytes of a chunk, copied with zero padding for reads that run past its end
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+_DATE_LUT: np.ndarray | None = None
+
+
+def _date_lut() -> np.ndarray:
+    """Days since 1970 for every (year, month, day) of the datetime64[ns] span, indexed by
+    ((year - MIN_YEAR) * 12 + month - 1) * 31 + day - 1; impossible dates hold a sentinel."""
+    global _DATE_LUT
+    if _DATE_LUT is None:
+        years = np.arange(MIN_YEAR, MAX_YEAR + 1)
+        y, m, d = (a.ravel() for a in np.meshgrid(years, np.arange(1, 13), np.arange(1, 32), indexing="ij"))
+        first = (y - 1970) * 12 + (m - 1)
+        month_days = (np.array(first + 1, dtype="datetime64[M]") - np.array(first, dtype="datetime64[M]")).astype(int)
+        days = np.array(first, dtype="datetime64[M]").astype("datetime64[D]").astype(np.int64) + d - 1
+        _DATE_LUT = np.where(d <= month_days, days, np.iinfo(np.int64).min)
+    return _DATE_LUT
+
+
+def _pattern(text: bytes) -> np.ndarray:
+    return np.frombuffer(text, dtype=np.uint8)
+
+
+class _Buffer:
+    """A chunk as bytes, read through fixed-width windows and sorted character positions."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.buf = np.frombuffer(data, dtype=np.uint8)
+        # Every position's next 8 bytes as one integer: a window costs one load per 8 bytes.
+        # Reads past the end see zero bytes, from a padded copy of the last few bytes.
+        self.words = np.ndarray((max(len(data) - 7, 0),), dtype="<u8", buffer=data, strides=(1,))
+        self.last_word = len(data) - 8
+        self.tail_start = max(len(data) - _TAIL, 0)
+        tail = data[self.tail_start:] + bytes(_TAIL)
+        self.tail_words = np.ndarray((len(tail) - 7,), dtype="<u8", buffer=tail, strides=(1,))
+        # One pass finds every byte outside printable ASCII: the newlines, and the rare others.
+        raw = self.buf[: len(data)]
+        outside = np.subtract(raw, np.uint8(32))
+        special = np.flatnonzero(np.greater(outside, 94, out=outside.view(np.bool_)))
+        is_newline = raw[special] == 10
+        self.newlines, self.odd = special[is_newline], special[~is_newline]
+
+    def window(self, at: np.ndarray, width: int) -> np.ndarray:
+        """The `width` bytes from each position, one row each."""
+        out = np.empty((len(at), (width + 7) // 8), dtype=np.uint64)
+        for k in range(out.shape[1]):
+            out[:, k] = self.word(at + 8 * k)
+        return out.view(np.uint8)[:, :width]
+
+    def word(self, at: np.ndarray) -> np.ndarray:
+        """The 8 bytes from each position (>= 0), as little-endian integers."""
+        if self.last_word < 0:
+            return self.tail_words[at - self.tail_start]
+        out = self.words[np.clip(at, 0, self.last_word)]
+        over = np.flatnonzero(at > self.last_word)
+        if len(over):
+            out[over] = self.tail_words[at[over] - self.tail_start]
+        return out
+
+    def byte(self, at: np.ndarray) -> np.ndarray:
+        """The byte at each position (>= 0); zero past the end."""
+        return (self.word(at) & _U(0xFF)).astype(np.uint8)
+
+    def starts_with(self, at: np.ndarray, text: bytes) -> np.ndarray:
+        """Whether the bytes at each position are `text`, compared 8 bytes at a time."""
+        ok = np.ones(len(at), dtype=bool)
+        for k in range(0, len(text), 8):
+            part = text[k:k + 8]
+            mask = np.uint64((1 << (8 * len(part))) - 1)
+            ok &= (self.word(at + k) & mask) == np.uint64(int.from_bytes(part, "little"))
+        return ok
+
+    def spans(self, a: np.ndarray, b: np.ndarray):
+        """The disjoint, ascending spans [a, b) of printable ASCII as an Arrow string array:
+        a zero-copy view (span, gap, span, ...) of the chunk, from which Arrow takes the spans."""
+        import pyarrow as pa
+
+        n = len(a)
+        if n == 0:
+            return pa.array([], pa.large_string())
+        offsets = np.empty(2 * n, dtype=np.int64)
+        offsets[0::2], offsets[1::2] = a, b
+        view = pa.Array.from_buffers(pa.large_string(), 2 * n - 1,
+                                     [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
+        return view.take(pa.array(np.arange(0, 2 * n, 2)))
+
+    def strings(self, a: np.ndarray, b: np.ndarray) -> pd.Categorical:
+        """The spans [a, b) as a categorical."""
+        return _categorical(self.spans(a, b))
+
+
+def _number(w: np.ndarray, max_len: int, trailing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Value and length of the run of digits at the start of each row of a byte window (at
+    its end when `trailing`, the window then given reversed)."""
+    d = w - np.uint8(48)  # a digit is 0..9; anything else wraps above 9
+    is_digit = d <= 9
+    length = np.where(is_digit.all(axis=1), w.shape[1], np.argmin(is_digit, axis=1))
+    value = np.zeros(len(w), dtype=np.int64)
+    for k in range(min(int(length.max(initial=0)), max_len)):
+        if trailing:
+            value += np.where(k < length, d[:, k] * _POW10[k], 0)
+        else:
+            value = np.where(k < length, value * 10 + d[:, k], value)
+    return value, length
+
+
+_U = np.uint64
+
+
+def _nondigit_flags(words: np.ndarray) -> np.ndarray:
+    """Per 8-byte word, bit 7 of each byte set where that byte is not an ASCII digit."""
+    x = words ^ _U(0x3030303030303030)  # digits become 0..9
+    bad = (x & _U(0xF0F0F0F0F0F0F0F0)) | (((x & _U(0x0F0F0F0F0F0F0F0F)) + _U(0x0606060606060606))
+                                           & _U(0x1010101010101010))
+    return (((bad & _U(0x7F7F7F7F7F7F7F7F)) + _U(0x7F7F7F7F7F7F7F7F)) | bad) & _U(0x8080808080808080)
+
+
+def _leading_digits(flags: np.ndarray) -> np.ndarray:
+    """How many bytes from the first are digits (the lowest flag's byte index, or 8)."""
+    lowest = flags & (~flags + _U(1))
+    return np.where(flags == 0, 8, (np.frexp(lowest.astype(np.float64))[1] - 8) // 8)
+
+
+def _trailing_digits(flags: np.ndarray) -> np.ndarray:
+    """How many bytes up to the last are digits (from the highest flag's byte index, or 8)."""
+    return np.where(flags == 0, 8, 7 - (np.frexp(flags.astype(np.float64))[1] - 8) // 8)
+
+
+def _swar8(words: np.ndarray) -> np.ndarray:
+    """The value of 8 ASCII digits in little-endian words, all at once (zero bytes count as
+    leading zeros): three multiply-shift steps pair up digits, then pairs, then quads."""
+    x = words & _U(0x0F0F0F0F0F0F0F0F)
+    x = (x * _U(2561)) >> _U(8)
+    x = ((x & _U(0x00FF00FF00FF00FF)) * _U(6553601)) >> _U(16)
+    x = ((x & _U(0x0000FFFF0000FFFF)) * _U(42949672960001)) >> _U(32)
+    return x.astype(np.int64)
+
+
+def _leading_number(b: "_Buffer", at: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run of digits starting at each position: value, length (0 when none; max_len + 1
+    when longer than max_len) and the byte after it. One 8-byte word serves most rows; only
+    longer runs read further."""
+    words = b.word(at)
+    length = _leading_digits(_nondigit_flags(words))
+    shift = (_U(8) * (_U(8) - length.astype(_U))) % _U(64)  # the digits to the top bytes
+    value = np.where(length > 0, _swar8(words << shift), 0)
+    after = ((words >> ((_U(8) * length.astype(_U)) % _U(64))) & _U(0xFF)).astype(np.uint8)
+    long = np.flatnonzero(length == 8)
+    if len(long):
+        value[long], length[long] = _number(b.window(at[long], max_len + 1), max_len)
+        after[long] = b.byte(at[long] + length[long])
+    return value, length, after
+
+
+def _trailing_number(b: "_Buffer", end: np.ndarray, max_len: int,
+                     words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run of digits ending just before each position: value, length and the byte before
+    it. `words`, when given, already holds the 4 bytes before `end` in its top half."""
+    width = 8 if words is None else 4
+    if words is None:
+        words = b.word(np.maximum(end - 8, 0))
+    length = _trailing_digits(_nondigit_flags(words))
+    shift = (_U(8) * (_U(8) - length.astype(_U))) % _U(64)
+    value = np.where(length > 0, _swar8((words >> shift) << shift), 0)  # clear bytes before the digits
+    before = ((words >> ((_U(8) * (_U(7) - length.astype(_U))) % _U(64))) & _U(0xFF)).astype(np.uint8)
+    long = np.flatnonzero(length >= width)
+    if len(long):
+        wide = b.window(np.maximum(end[long] - max_len - 1, 0), max_len + 1)[:, ::-1]
+        value[long], length[long] = _number(wide, max_len, trailing=True)
+        before[long] = b.byte(np.maximum(end[long] - length[long] - 1, 0))
+    return value, length, before
+
+
+def _word(text: bytes, positions: tuple[int, ...]) -> tuple[np.uint64, np.uint64]:
+    """Mask and value selecting the bytes of `text` at `positions` in an 8-byte word."""
+    mask = sum(0xFF << (8 * i) for i in positions)
+    return _U(mask), _U(int.from_bytes(text, "little") & mask)
+
+
+# "YYYY-MM-" "DDTHH:MM" ":SS": where the separators are, and where the digits are.
+_TS_SEPARATORS = (_word(b"0000-00-", (4, 7)), _word(b"00T00:00", (2, 5)), _word(b":0000000", (0,)))
+_TS_DIGITS = (_word(b"", (0, 1, 2, 3, 5, 6))[0] & _U(0x8080808080808080),
+              _word(b"", (0, 1, 3, 4, 6, 7))[0] & _U(0x8080808080808080),
+              _word(b"", (1, 2))[0] & _U(0x8080808080808080))
+
+
+def _two_digits(w: np.ndarray, i: int) -> np.ndarray:
+    """The number written by bytes i and i+1 of each word (digits already checked)."""
+    return (((w >> _U(8 * i)) & _U(15)) * _U(10) + ((w >> _U(8 * i + 8)) & _U(15))).astype(np.int64)
+
+
+def _fast_time(b: _Buffer, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The timestamp at each line start: (ns since epoch, position of the comma after it, ok),
+    read as three 8-byte words: "YYYY-MM-" "DDTHH:MM" ":SS"."""
+    n = len(s)
+    words = [b.word(s + 8 * k) for k in range(3)]
+    ok = np.ones(n, dtype=bool)
+    for w, (mask, sep), digits in zip(words, _TS_SEPARATORS, _TS_DIGITS):
+        ok &= ((w & mask) == sep) & ((_nondigit_flags(w) & digits) == 0)
+    w0, w1, w2 = words
+    year = _two_digits(w0, 0) * 100 + _two_digits(w0, 2)
+    month, day = _two_digits(w0, 5), _two_digits(w1, 0)
+    hour, minute, second = _two_digits(w1, 3), _two_digits(w1, 6), _two_digits(w2, 1)
+    ok &= (year >= MIN_YEAR) & (year <= MAX_YEAR) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    lut = _date_lut()
+    days = lut[np.where(ok, ((year - MIN_YEAR) * 12 + month - 1) * 31 + day - 1, 0)]
+    ok &= (days != lut.min()) & (hour < 24) & (minute < 60) & (second < 60)
+
+    # After the seconds: a comma, "Z,", or a fraction (".123," or ".123Z,").
+    b19 = ((w2 >> _U(24)) & _U(0xFF)).astype(np.uint8)
+    zulu = b19 == ord("Z")
+    q = 19 + zulu.astype(np.int64)
+    ok &= np.where(zulu, ((w2 >> _U(32)) & _U(0xFF)) == ord(","), b19 == ord(",")) | (b19 == ord("."))
+    frac = np.zeros(n, dtype=np.int64)
+    dotted = np.flatnonzero(b19 == ord("."))
+    if len(dotted):
+        f, nfrac, after = _leading_number(b, s[dotted] + 20, 9)
+        frac[dotted] = f * _POW10[9 - np.clip(nfrac, 0, 9)]
+        zulu = after == ord("Z")
+        q[dotted] = 20 + nfrac + zulu
+        ok[dotted] = (nfrac >= 1) & (nfrac <= 9) & np.where(zulu, b.byte(s[dotted] + q[dotted]) == ord(","),
+                                                             after == ord(",")) & ok[dotted]
+    comma = s + q
+    seconds = days * 86400 + (hour * 3600 + minute * 60 + second)
+    return seconds * 1_000_000_000 + frac, comma, ok
+
+
+def _lines_with_odd_bytes(b: "_Buffer", s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Lines holding a byte outside printable ASCII (newlines and a final CR aside): rare, so
+    found from their positions rather than by counting every line."""
+    pos = b.odd
+    line = np.searchsorted(s, pos, side="right") - 1
+    inside = pos < e[line]
+    odd = np.zeros(len(s), dtype=bool)
+    odd[line[inside]] = True
+    return odd
+
+
+def _times(ns: np.ndarray) -> np.ndarray:
+    return np.asarray(ns, dtype=np.int64).view("datetime64[ns]")
+
+
+def _line_bounds(b: _Buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end (newline and any CR excluded) and CR flag of every line."""
+    size = len(b.data)
+    nl = b.newlines
+    ends = nl if (size == 0 or b.data.endswith(b"\n")) else np.append(nl, size)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)[: len(ends)]
+    cr = (ends > starts) & (b.buf[np.maximum(ends - 1, 0)] == ord("\r"))
+    return starts, ends - cr, cr
+
+
+def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> ParsedEvents:
+    """Parse a line-aligned piece of a log whose first line has number `first_line`."""
+    b = _Buffer(data)
+    s, e, cr = _line_bounds(b)
+    line_no = np.arange(len(s), dtype=np.int64) + first_line
+    if len(s) == 0:
+        return ParsedEvents(*(_frame(name) for name in SCHEMAS))
+
+    # Bytes only the reference parser may judge: control characters, DEL, anything not ASCII.
+    odd = _lines_with_odd_bytes(b, s, e)
+    blank = e == s
+    maybe = np.flatnonzero(~blank & np.isin(b.buf[s], _pattern(BLANK.encode())))
+    blank[maybe] = [not data[i:j].strip(BLANK.encode()) for i, j in zip(s[maybe], e[maybe])]
+
+    # Every fixed part of a line is compared byte for byte below; the variable parts (slugs,
+    # server names) are checked once per distinct value in `_strings_or_slow`.
+    t, c1, ok = _fast_time(b, s)
+    ok &= ~odd & ~blank & (e - s >= 22)
+    user, user_len, after = _leading_number(b, c1 + 1, 18)
+    c2 = c1 + 1 + user_len
+    ok &= (user_len >= 1) & (user_len <= 18) & (after == ord(",")) & (c2 < e)
+    body = c2 + 1
+    slow = [np.flatnonzero(~ok & ~blank)]
+
+    # GET /data/m/<slug>/<minute>.mpg
+    tail = b.word(np.maximum(e - 8, 0))  # ends "<minute>.mpg": the minute's end and ".mpg"
+    minute, minute_len, before = _trailing_number(b, e - 4, 9, words=tail << _U(32))
+    slash = e - 5 - minute_len
+    w = ok & ((tail >> _U(32)) == _U(int.from_bytes(b".mpg", "little"))) & b.starts_with(body, WATCH_PREFIX)
+    w &= (minute_len >= 1) & (minute_len <= 9) & (before == ord("/")) & (slash > body + len(WATCH_PREFIX))
+    rows = np.flatnonzero(w)
+    slug, rows = _strings_or_slow(b, body[rows] + len(WATCH_PREFIX), slash[rows], rows, _SLUG_BAD, slow)
+    watches = _frame("watches", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+                     movie_id=slug, minute=minute[rows])
+
+    # GET /rate/<slug>=<1-5>
+    rest = np.flatnonzero(ok & ~w)  # lines that may still be ratings or recommendations
+    rating = b.byte(e[rest] - 1).astype(np.int64) - 48
+    is_r = b.starts_with(body[rest], RATE_PREFIX) & (b.byte(np.maximum(e[rest] - 2, 0)) == ord("=")) & (rating >= 1) & (rating <= 5)
+    is_r &= e[rest] - 2 > body[rest] + len(RATE_PREFIX)
+    rows = rest[is_r]
+    slug, rows = _strings_or_slow(b, body[rows] + len(RATE_PREFIX), e[rows] - 2, rows, _SLUG_BAD, slow)
+    ratings = _frame("ratings", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+                     movie_id=slug, rating=b.byte(e[rows] - 1).astype(np.int64) - 48)
+
+    # recommendation request <server>, status <code>, result: <...>, <latency> ms
+    rest = rest[~is_r]
+    is_rc = b.starts_with(body[rest], REC_PREFIX) & b.starts_with(e[rest] - 3, b" ms")
+    recs, items = _recommendations(b, rest[is_rc], e, body, t, user, line_no, slow)
+
+    out = ParsedEvents(watches, ratings, recs, items, _frame("rejects"))
+    slow = np.concatenate(slow + [rest[~is_rc]])
+    if len(slow):
+        slow.sort()
+        out = ParsedEvents.concat([out, _parse_slow(data, s[slow], e[slow], line_no[slow], source)])
+    out.lines, out.span = int((~blank).sum()), len(s)
+    return out
+
+
+_SLUG_BAD = r"[/,\s]"  # a movie id holds none of these (`parse_line`'s [^/,\s]+)
+_SERVER_BAD = r"[,\s]"
+
+
+def _strings_or_slow(b: _Buffer, a, z, rows, bad: str, slow: list) -> tuple[pd.Categorical, np.ndarray]:
+    """The spans as strings, except for rows whose value `bad` matches: those go to `slow`."""
+    values, keep = _check_values(b.strings(a, z), np.ones(len(rows), dtype=bool), bad)
+    if not keep.all():
+        slow.append(rows[~keep])
+        values, rows = values[keep].remove_unused_categories(), rows[keep]
+    return values, rows
+
+
+def _recommendations(b: _Buffer, rc, e, body, t, user, line_no, slow) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Recommendation lines `rc` into the recommendations and items frames; misfits go to `slow`.
+
+    A body splits on ", " into: server, "status N", "result: <first item>", more items and
+    "<latency> ms" -- the pieces `parse_line` finds, as it splits lists on ", " too. A failed
+    request's error text may hold ", " itself, so it is read back from the line whole.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = pc.split_pattern(b.spans(body[rc] + len(REC_PREFIX), e[rc]), ", ")
+    n_parts = _np(pc.list_value_length(parts)).astype(np.int64)
+    first = _np(parts.offsets)[:-1] - parts.offsets[0].as_py()  # index of each line's server
+    flat = parts.values
+    piece = lambda i: flat.take(pa.array(np.where(n_parts >= 4, i, first)))  # noqa: E731
+    server, status_text, result0, latency_text = piece(first), piece(first + 1), piece(first + 2), piece(first + n_parts - 1)
+    keep = (n_parts >= 4) & _matches(status_text, r"status \d{1,3}") & _matches(latency_text, r"\d{1,9} ms")
+    keep &= _np(pc.starts_with(result0, "result: "))
+    status = _integers(pc.utf8_slice_codeunits(status_text, len("status ")), keep)
+    latency = _integers(pc.utf8_slice_codeunits(latency_text, 0, -len(" ms")), keep)
+    # A successful request with an empty result has no items; the reference parser says so.
+    keep &= ~((status == STATUS_OK) & (n_parts == 4) & _np(pc.equal(result0, "result: ")))
+    server, keep = _check_values(_categorical(server), keep, _SERVER_BAD)
+    slow.append(rc[~keep])
+
+    k = np.flatnonzero(keep)
+    ok = status[k] == STATUS_OK
+    n_items = np.where(ok, n_parts[k] - 3, 0)
+    errors = np.full(len(k), None, dtype=object)
+    if not ok.all():  # from after "result: " to the comma before the latency
+        f = k[~ok]
+        length = lambda arr: _np(pc.binary_length(arr.take(pa.array(f))))  # noqa: E731
+        r0 = body[rc[f]] + len(REC_PREFIX) + length(flat.take(pa.array(first))) + length(status_text) + len(
+            ", , result: ")
+        errors[~ok] = np.asarray(b.strings(r0, e[rc[f]] - len(", ") - length(latency_text))).astype(object)
+    # Items: pieces first+2 .. first+n_parts-2 of each successful line; the first loses "result: ".
+    starts = np.cumsum(n_items) - n_items
+    within = np.arange(int(n_items.sum())) - np.repeat(starts, n_items)
+    pieces = flat.take(pa.array(np.repeat(first[k] + 2, n_items) + within))
+    heads = starts[n_items > 0]
+    is_first = np.zeros(len(within), dtype=bool)
+    is_first[heads] = True
+    movie = pc.replace_with_mask(pieces, pa.array(is_first),
+                                 pc.utf8_slice_codeunits(pieces.take(pa.array(heads)), len("result: ")))
+    rows = rc[k]
+    recs = _frame("recommendations", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+                  server=server[k], status=status[k], latency_ms=latency[k], n_items=n_items, error=errors)
+    items = _frame("items", line=np.repeat(line_no[rows], n_items), rank=within + 1, movie_id=_categorical(movie))
+    return recs, items
+
+
+def _np(arr) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _matches(arr, pattern: str) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return _np(pc.match_substring_regex(arr, f"^(?:{pattern})$").fill_null(False))
+
+
+def _integers(arr, valid: np.ndarray) -> np.ndarray:
+    """Integers of the valid rows of a string array (-1 elsewhere)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return _np(pc.cast(pc.if_else(pa.array(valid), arr, "-1"), pa.int64()))
+
+
+def _check_values(values: pd.Categorical, keep: np.ndarray, bad: str) -> tuple[pd.Categorical, np.ndarray]:
+    """Rows whose value has a character of the class `bad` are no longer kept (checked once
+    per distinct value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rejected = np.flatnonzero(_np(pc.match_substring_regex(pa.array(values.categories, pa.large_string()), bad)))
+    if len(rejected):
+        keep = keep & ~np.isin(values.codes, rejected)
+    return values, keep
+
+
+def _categorical(arr) -> pd.Categorical:
+    return arr.dictionary_encode().to_pandas().values
+
+
+def _parse_slow(data: bytes, starts, ends, lines, source: str) -> ParsedEvents:
+    """The reference parser over the lines the fast path did not take."""
+    rows: dict[str, list] = {"watch": [], "rate": [], "recommend": [], "reject": []}
+    items: list[tuple] = []
+    for a, z, ln in zip(starts.tolist(), ends.tolist(), lines.tolist()):
+        raw = data[a:z]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rows["reject"].append((source, ln, raw.decode("utf-8", "backslashreplace"), "not UTF-8"))
+            continue
+        kind, f = parse_line(text)
+        if kind == "reject":
+            rows["reject"].append((source, ln, text, f[0]))
+        elif kind == "recommend":
+            t, uid, server, status, latency, its, error = f
+            rows["recommend"].append((ln, t, uid, server, status, latency, len(its), error))
+            items.extend((ln, rank, m) for rank, m in enumerate(its, 1))
+        else:
+            rows[kind].append((ln, *f))
+
+    def frame(name: str, data_rows: list[tuple]) -> pd.DataFrame:
+        columns = list(SCHEMAS[name])
+        values = dict(zip(columns, zip(*data_rows))) if data_rows else {}
+        if "time" in values:
+            values["time"] = _times(np.array(values["time"], dtype=np.int64))
+        return _frame(name, **values)
+
+    return ParsedEvents(frame("watches", rows["watch"]), frame("ratings", rows["rate"]),
+                        frame("recommendations", rows["recommend"]), frame("items", items),
+                        frame("rejects", rows["reject"]))

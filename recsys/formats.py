@@ -1,0 +1,185 @@
+"""The stream world's files besides the log (users.csv, movies.csv), what kind a path holds,
+and the error that tells a user which file and line are wrong.
+
+Frames follow `SCHEMAS`. A row that cannot be read becomes a reject (source, line, raw text,
+reason), never a silent drop; a file that cannot be read at all raises `InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+
+USERS_HEADER = ["user_id", "age", "gender", "occupation"]
+MOVIES_HEADER = ["movie_id", "title", "year", "genres"]
+EVENT_LOG_SUFFIXES = (".log", ".log.gz", ".txt", ".txt.gz", ".gz")
+
+SCHEMAS = {
+    # age_group is set only where the source fixes the group itself (MovieLens-1M "under 18");
+    # otherwise the audits bin `age` with their configured bins.
+    "users": {"user_id": "int64", "age": "Int64", "age_group": "object", "gender": "object",
+              "occupation": "object"},
+    "movies": {"movie_id": "object", "title": "object", "year": "Int64", "genres": "object"},
+    "rejects": {"source": "object", "line": "int64", "raw": "object", "reason": "object"},
+}
+
+
+class InputError(Exception):
+    """Input a user must fix: names the file, the line when there is one, and what is wrong."""
+
+    def __init__(self, path: str | Path, reason: str, line: int | None = None):
+        self.path, self.reason, self.line = str(path), reason, line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.reason}"
+
+
+def frame(name: str, rows: list[tuple] | None = None) -> pd.DataFrame:
+    """An empty or filled frame of one of the SCHEMAS."""
+    schema = SCHEMAS[name]
+    df = pd.DataFrame(rows or [], columns=list(schema))
+    return df.astype(schema)
+
+
+def _int(text: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    text = text.strip()
+    if not text.isdigit() and not (text.startswith("-") and text[1:].isdigit()):
+        raise ValueError
+    value = int(text)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError
+    return value
+
+
+def _read_csv(path: Path, header: list[str]) -> tuple[list[tuple[int, str, list[str]]], str]:
+    """Rows of a CSV file with their line numbers and raw text, after checking its header."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(path, exc.strerror or "cannot be read") from None
+    lines = text.splitlines()
+    reader = csv.reader(io.StringIO(text))
+    first = next(reader, None)
+    if first is None or [c.strip().lower() for c in first] != header:
+        raise InputError(path, f"expected the header {','.join(header)}", line=1)
+    rows = []
+    start = reader.line_num
+    for fields in reader:
+        end = reader.line_num
+        raw = "\n".join(lines[start:end])
+        if raw.strip():
+            rows.append((start + 1, raw, fields))
+        start = end
+    return rows, str(path)
+
+
+def read_users_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """users.csv (user_id,age,gender,occupation) into (users, rejects)."""
+    rows, source = _read_csv(Path(path), USERS_HEADER)
+    good, bad, seen = [], [], {}
+    for line, raw, f in rows:
+        if len(f) != len(USERS_HEADER):
+            bad.append((source, line, raw, f"expected {len(USERS_HEADER)} fields, got {len(f)}"))
+            continue
+        try:
+            uid = _int(f[0], lo=0)
+        except ValueError:
+            bad.append((source, line, raw, "user_id not a non-negative integer"))
+            continue
+        try:
+            age = _int(f[1]) if f[1].strip() else None
+        except ValueError:
+            bad.append((source, line, raw, "age not an integer"))
+            continue
+        if uid in seen:
+            bad.append((source, line, raw, f"duplicate user_id (first at line {seen[uid]})"))
+            continue
+        seen[uid] = line
+        good.append((uid, age, None, f[2].strip(), f[3].strip()))
+    return frame("users", good), frame("rejects", bad)
+
+
+def read_movies_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """movies.csv (movie_id,title,year,genres) into (movies, rejects)."""
+    rows, source = _read_csv(Path(path), MOVIES_HEADER)
+    good, bad, seen = [], [], {}
+    for line, raw, f in rows:
+        if len(f) != len(MOVIES_HEADER):
+            bad.append((source, line, raw, f"expected {len(MOVIES_HEADER)} fields, got {len(f)}"))
+            continue
+        movie_id = f[0].strip()
+        if not movie_id:
+            bad.append((source, line, raw, "movie_id empty"))
+            continue
+        try:
+            year = _int(f[2]) if f[2].strip() else None
+        except ValueError:
+            bad.append((source, line, raw, "year not an integer"))
+            continue
+        if movie_id in seen:
+            bad.append((source, line, raw, f"duplicate movie_id (first at line {seen[movie_id]})"))
+            continue
+        seen[movie_id] = line
+        good.append((movie_id, f[1].strip(), year, f[3].strip()))
+    return frame("movies", good), frame("rejects", bad)
+
+
+def write_users_csv(users: pd.DataFrame, path: str | Path) -> None:
+    users[USERS_HEADER].to_csv(path, index=False, lineterminator="\n")
+
+
+def write_movies_csv(movies: pd.DataFrame, path: str | Path) -> None:
+    movies[MOVIES_HEADER].to_csv(path, index=False, lineterminator="\n")
+
+
+def detect(path: str | Path) -> str:
+    """What a path holds: ``events``, ``users``, ``movies``, ``movielens`` or ``directory``.
+
+    Files are told apart by their first line, not their name: a CSV with the users or movies
+    header, otherwise an event log. A directory with MovieLens's files is ``movielens``; any
+    other directory is ``directory`` (its files are detected one by one).
+    """
+    if str(path) == "-":
+        return "events"
+    p = Path(path)
+    if p.is_dir():
+        from recsys.movielens import detect_version
+
+        return "movielens" if detect_version(p) else "directory"
+    if not p.exists():
+        raise InputError(p, "no such file or directory")
+    if not p.is_file():
+        raise InputError(p, "not a regular file")
+    if p.suffix == ".gz":
+        return "events"
+    try:
+        with open(p, "rb") as f:
+            first = f.readline(4096).decode("utf-8-sig", "replace").strip().lower()
+    except OSError as exc:
+        raise InputError(p, exc.strerror or "cannot be read") from None
+    header = [c.strip() for c in first.split(",")]
+    if header == USERS_HEADER:
+        return "users"
+    if header == MOVIES_HEADER:
+        return "movies"
+    return "events"
+
+
+def directory_files(path: str | Path) -> list[tuple[str, Path]]:
+    """The files of a stream-world directory in ingest order: users, movies, then event logs."""
+    order = {"users": 0, "movies": 1, "events": 2}
+    found = []
+    for p in sorted(Path(path).iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            kind = detect(p)
+            if kind == "events" and not p.name.endswith(EVENT_LOG_SUFFIXES):
+                continue  # READMEs, checksums and the like are not logs
+            found.append((kind, p))
+    return sorted(found, key=lambda kp: (order[kp[0]], str(kp[1])))

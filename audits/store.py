@@ -115,41 +115,32 @@ movies = Table(
     Column("source_id", Integer, nullable=False),
 )
 
-watches = Table(
-    "watches", metadata,
-    Column("source_id", Integer, nullable=False),
-    Column("line", BigInteger, nullable=False),
-    Column("time", UTCTime, nullable=False),
-    Column("user_id", BigInteger, nullable=False),
-    Column("movie_key", Integer, nullable=False),
-    Column("minute", Integer, nullable=False),
-    Index("watches_time", "time"),
-)
+def _event_table(name: str, *columns, primary_key: bool = False) -> Table:
+    """An event table: where each row came from, when, and for which user, then its own columns."""
+    return Table(
+        name, metadata,
+        Column("source_id", Integer, nullable=False),
+        Column("line", BigInteger, nullable=False),
+        Column("time", UTCTime, nullable=False),
+        Column("user_id", BigInteger, nullable=False),
+        *columns,
+        *([PrimaryKeyConstraint("source_id", "line")] if primary_key else []),
+        Index(f"{name}_time", "time"),
+    )
 
-ratings = Table(
-    "ratings", metadata,
-    Column("source_id", Integer, nullable=False),
-    Column("line", BigInteger, nullable=False),
-    Column("time", UTCTime, nullable=False),
-    Column("user_id", BigInteger, nullable=False),
-    Column("movie_key", Integer, nullable=False),
-    Column("rating", SmallInteger, nullable=False),
-    Index("ratings_time", "time"),
-)
 
-recommendations = Table(
-    "recommendations", metadata,
-    Column("source_id", Integer, nullable=False),
-    Column("line", BigInteger, nullable=False),
-    Column("time", UTCTime, nullable=False),
-    Column("user_id", BigInteger, nullable=False),
+watches = _event_table("watches", Column("movie_key", Integer, nullable=False),
+                       Column("minute", Integer, nullable=False))
+ratings = _event_table("ratings", Column("movie_key", Integer, nullable=False),
+                       Column("rating", SmallInteger, nullable=False))
+recommendations = _event_table(
+    "recommendations",
     Column("server", Text, nullable=False),
     Column("status", Integer, nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("n_items", Integer, nullable=False),
     Column("error", Text),
-    PrimaryKeyConstraint("source_id", "line"),
-    Index("recommendations_time", "time"),
+    primary_key=True,
 )
 
 recommendation_items = Table(

@@ -46,17 +46,20 @@ def frame(name: str, rows: list[tuple] | None = None) -> pd.DataFrame:
     return df.astype(schema)
 
 
-def _int(text: str, lo: int | None = None, hi: int | None = None) -> int | None:
+class RowError(ValueError):
+    """A row that cannot be used; the message is the reason."""
+
+
+def _int(text: str, what: str, lo: int | None = None) -> int:
     text = text.strip()
-    if not text.isdigit() and not (text.startswith("-") and text[1:].isdigit()):
-        raise ValueError
-    value = int(text)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError
-    return value
+    if not (text.isascii() and (text.isdigit() or (text.startswith("-") and text[1:].isdigit()))):
+        raise RowError(f"{what} not an integer" if lo is None else f"{what} not a non-negative integer")
+    if lo is not None and int(text) < lo:
+        raise RowError(f"{what} not a non-negative integer")
+    return int(text)
 
 
-def _read_csv(path: Path, header: list[str]) -> tuple[list[tuple[int, str, list[str]]], str]:
+def _read_csv(path: Path, header: list[str]) -> list[tuple[int, str, list[str]]]:
     """Rows of a CSV file with their line numbers and raw text, after checking its header."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
@@ -77,58 +80,49 @@ def _read_csv(path: Path, header: list[str]) -> tuple[list[tuple[int, str, list[
         if raw.strip():
             rows.append((start + 1, raw, fields))
         start = end
-    return rows, str(path)
+    return rows
+
+
+def _read_table(path: str | Path, name: str, header: list[str], parse) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A CSV file into (rows of SCHEMAS[name], rejects); `parse` turns fields into a row or
+    raises RowError. The first field is a key: a repeated key is a reject."""
+    good, bad, seen = [], [], {}
+    source = str(path)
+    for line, raw, fields in _read_csv(Path(path), header):
+        try:
+            if len(fields) != len(header):
+                raise RowError(f"expected {len(header)} fields, got {len(fields)}")
+            row = parse(fields)
+            if row[0] in seen:
+                raise RowError(f"duplicate {header[0]} (first at line {seen[row[0]]})")
+        except RowError as exc:
+            bad.append((source, line, raw, str(exc)))
+            continue
+        seen[row[0]] = line
+        good.append(row)
+    return frame(name, good), frame("rejects", bad)
+
+
+def _user(f: list[str]) -> tuple:
+    age = _int(f[1], "age") if f[1].strip() else None
+    return _int(f[0], "user_id", lo=0), age, None, f[2].strip(), f[3].strip()
+
+
+def _movie(f: list[str]) -> tuple:
+    if not f[0].strip():
+        raise RowError("movie_id empty")
+    year = _int(f[2], "year") if f[2].strip() else None
+    return f[0].strip(), f[1].strip(), year, f[3].strip()
 
 
 def read_users_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """users.csv (user_id,age,gender,occupation) into (users, rejects)."""
-    rows, source = _read_csv(Path(path), USERS_HEADER)
-    good, bad, seen = [], [], {}
-    for line, raw, f in rows:
-        if len(f) != len(USERS_HEADER):
-            bad.append((source, line, raw, f"expected {len(USERS_HEADER)} fields, got {len(f)}"))
-            continue
-        try:
-            uid = _int(f[0], lo=0)
-        except ValueError:
-            bad.append((source, line, raw, "user_id not a non-negative integer"))
-            continue
-        try:
-            age = _int(f[1]) if f[1].strip() else None
-        except ValueError:
-            bad.append((source, line, raw, "age not an integer"))
-            continue
-        if uid in seen:
-            bad.append((source, line, raw, f"duplicate user_id (first at line {seen[uid]})"))
-            continue
-        seen[uid] = line
-        good.append((uid, age, None, f[2].strip(), f[3].strip()))
-    return frame("users", good), frame("rejects", bad)
+    return _read_table(path, "users", USERS_HEADER, _user)
 
 
 def read_movies_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """movies.csv (movie_id,title,year,genres) into (movies, rejects)."""
-    rows, source = _read_csv(Path(path), MOVIES_HEADER)
-    good, bad, seen = [], [], {}
-    for line, raw, f in rows:
-        if len(f) != len(MOVIES_HEADER):
-            bad.append((source, line, raw, f"expected {len(MOVIES_HEADER)} fields, got {len(f)}"))
-            continue
-        movie_id = f[0].strip()
-        if not movie_id:
-            bad.append((source, line, raw, "movie_id empty"))
-            continue
-        try:
-            year = _int(f[2]) if f[2].strip() else None
-        except ValueError:
-            bad.append((source, line, raw, "year not an integer"))
-            continue
-        if movie_id in seen:
-            bad.append((source, line, raw, f"duplicate movie_id (first at line {seen[movie_id]})"))
-            continue
-        seen[movie_id] = line
-        good.append((movie_id, f[1].strip(), year, f[3].strip()))
-    return frame("movies", good), frame("rejects", bad)
+    return _read_table(path, "movies", MOVIES_HEADER, _movie)
 
 
 def write_users_csv(users: pd.DataFrame, path: str | Path) -> None:

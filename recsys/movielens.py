@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.events import BLANK, SCHEMAS as EVENT_SCHEMAS, iter_chunks
-from recsys.formats import InputError, frame
+from recsys.formats import InputError, RowError, frame
 
 # The files of each version in the order they are read: users, movies, ratings.
 FILES = {"100k": ("u.user", "u.item", "u.data"), "1m": ("users.dat", "movies.dat", "ratings.dat")}
@@ -89,23 +89,19 @@ def load(path: str | Path) -> MovieLens:
 # ---------------------------------------------------------------------------------------------
 # Per-line parsing: the definition of each format, and the reasons for rejects.
 
-class _Reject(Exception):
-    """A line that cannot be used; the message is the reason."""
-
-
 def _fields(raw: str, sep: str, n: int) -> list[str]:
     fields = raw.split(sep)
     if len(fields) != n:
-        raise _Reject(f"expected {n} fields, got {len(fields)}")
+        raise RowError(f"expected {n} fields, got {len(fields)}")
     return fields
 
 
 def _int(text: str, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
     if not _INT.match(text):
-        raise _Reject(f"{what} not an integer")
+        raise RowError(f"{what} not an integer")
     value = int(text)
     if not lo <= value <= hi:
-        raise _Reject(f"{what} out of range")
+        raise RowError(f"{what} out of range")
     return value
 
 
@@ -126,11 +122,11 @@ def _user_1m(raw: str) -> tuple:
     uid = _int(uid, "user id")
     code = _int(age_code, "age code")
     if code not in AGES_1M:
-        raise _Reject(f"unknown age code {code}")
+        raise RowError(f"unknown age code {code}")
     age, age_group = AGES_1M[code]
     occupation = _int(occupation_code, "occupation code")
     if occupation >= len(OCCUPATIONS_1M):
-        raise _Reject(f"unknown occupation code {occupation}")
+        raise RowError(f"unknown occupation code {occupation}")
     return uid, age, age_group, gender.strip(), OCCUPATIONS_1M[occupation]
 
 
@@ -142,11 +138,11 @@ def _movie_100k(raw: str) -> tuple:
     if released:
         m = _RELEASE_DATE.match(released)
         if not m:
-            raise _Reject("release date not like 01-Jan-1995")
+            raise RowError("release date not like 01-Jan-1995")
         year = int(m.group(1)) if year is None else year
     flags = fields[5:]
     if any(flag not in ("0", "1") for flag in flags):
-        raise _Reject("genre flag not 0 or 1")
+        raise RowError("genre flag not 0 or 1")
     genres = "|".join(name for name, flag in zip(GENRES_100K, flags) if flag == "1")
     return str(movie_id), title, year, genres
 
@@ -162,7 +158,7 @@ def _rating(raw: str, sep: str) -> tuple[int, int, int, int]:
     user, movie, rating, seconds = _fields(raw, sep, 4)
     user_id, movie_id = _int(user, "user id"), _int(movie, "movie id")
     if not _RATING.match(rating):
-        raise _Reject("rating not an integer 1-5")
+        raise RowError("rating not an integer 1-5")
     return user_id, movie_id, int(rating), _int(seconds, "timestamp", hi=MAX_SECONDS)
 
 
@@ -183,7 +179,7 @@ def _read_rows(path: Path, parse: Callable[[str], tuple], key: str) -> tuple[lis
     for line, raw in _lines(path):
         try:
             row = parse(raw)
-        except _Reject as exc:
+        except RowError as exc:
             rejects.append((source, line, raw, str(exc)))
             continue
         if row[0] in seen:
@@ -278,7 +274,7 @@ def _ratings_chunk(data: bytes, first: int, sep: str, source: str,
             raw = text.decode("latin-1")
             try:
                 slow.append((first + i, *_rating(raw, sep)))
-            except _Reject as exc:
+            except RowError as exc:
                 rejects.append((source, first + i, raw, str(exc)))
     if slow:  # lines in a form the fast path leaves to `_rating` that are still good
         more = dict(zip(("line",) + _COLUMNS, np.array(slow, dtype=np.int64).T))

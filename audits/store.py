@@ -13,6 +13,7 @@ COPY on PostgreSQL); window reads use binary COPY out on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    select,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -160,6 +163,20 @@ quarantine = Table(
     Column("line", BigInteger, nullable=False),
     Column("raw", Text, nullable=False),
     Column("reason", Text, nullable=False),
+)
+
+models = Table(
+    "models", metadata,
+    Column("id", String(80), primary_key=True),
+    Column("created_at", UTCTime, nullable=False),
+    Column("algo", String(32), nullable=False),
+    Column("path", Text, nullable=False),  # the artifact directory (model.npz, metadata.json)
+    Column("cutoff", UTCTime, nullable=False),  # trained on ratings strictly before it
+    Column("train_ratings", BigInteger, nullable=False),
+    Column("data_sha256", String(64), nullable=False),
+    Column("rmse", Float),
+    Column("mae", Float),
+    Column("metadata", Text, nullable=False),
 )
 
 EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}
@@ -323,6 +340,31 @@ class Store:
             **{name: self.read(name, since, until) for name in
                ("watches", "ratings", "recommendations", "items", "users", "movies")},
         )
+
+    def watched_pairs(self, until=None) -> pd.DataFrame:
+        """Distinct (user_id, movie_id) pairs watched before `until`, aggregated in the database."""
+        where, params = _time_filter(None, until, self.dialect)
+        df = self._frame(f"SELECT DISTINCT user_id, movie_key FROM watches {where} ORDER BY user_id, movie_key",
+                         params, fixed=True)
+        return self._with_movie_ids(df)
+
+    def record_model(self, model_id: str, path, meta: dict) -> None:
+        """Record a model artifact; the newest one is the default everywhere."""
+        with self.transaction() as conn:
+            conn.execute(models.insert().values(
+                id=model_id, created_at=pd.Timestamp(meta["created_at"]), algo=meta["algo"], path=str(path),
+                cutoff=pd.Timestamp(meta["cutoff"]), train_ratings=meta["train"]["ratings"],
+                data_sha256=meta["train"]["sha256"], rmse=meta["metrics"]["rmse"], mae=meta["metrics"]["mae"],
+                metadata=json.dumps(meta, default=str)))
+
+    def model_artifact(self, model_id: str | None = None) -> tuple[str, str] | None:
+        """(id, path) of the named model, or of the newest when no id is given; None if none."""
+        query = select(models.c.id, models.c.path)
+        query = query.where(models.c.id == model_id) if model_id else query.order_by(
+            models.c.created_at.desc(), models.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row[0], row[1]) if row else None
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:

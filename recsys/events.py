@@ -167,6 +167,14 @@ def parse_line(text: str) -> tuple[str, tuple]:
     return "reject", ("unknown request",)
 
 
+def format_recommendation(time: datetime, user_id: int, server: str, status: int, latency_ms: int,
+                          movies: list[str] | None = None, error: str = "") -> str:
+    """One recommendation line of the log (without its newline), as the service writes it."""
+    result = ", ".join(movies) if status == STATUS_OK else error
+    return (f"{time.strftime('%Y-%m-%dT%H:%M:%S.%f')},{user_id},recommendation request {server}, "
+            f"status {status}, result: {result}, {latency_ms} ms")
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading: line-aligned chunks of a file, a gzip file or standard input.
 
@@ -228,9 +236,11 @@ def _date_lut() -> np.ndarray:
     if _DATE_LUT is None:
         years = np.arange(MIN_YEAR, MAX_YEAR + 1)
         y, m, d = (a.ravel() for a in np.meshgrid(years, np.arange(1, 13), np.arange(1, 32), indexing="ij"))
-        first = (y - 1970) * 12 + (m - 1)
-        month_days = (np.array(first + 1, dtype="datetime64[M]") - np.array(first, dtype="datetime64[M]")).astype(int)
-        days = np.array(first, dtype="datetime64[M]").astype("datetime64[D]").astype(np.int64) + d - 1
+        month = (y - 1970) * 12 + (m - 1)
+        month_start = np.array(month, dtype="datetime64[M]").astype("datetime64[D]").astype(np.int64)
+        next_start = np.array(month + 1, dtype="datetime64[M]").astype("datetime64[D]").astype(np.int64)
+        month_days = next_start - month_start
+        days = month_start + d - 1
         _DATE_LUT = np.where(d <= month_days, days, np.iinfo(np.int64).min)
     return _DATE_LUT
 

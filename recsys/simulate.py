@@ -158,7 +158,7 @@ def _titles(rng: np.random.Generator, m: int) -> tuple[list[str], list[int | Non
         c, name = _NOUNS[rng.integers(len(_NOUNS))], _NAMES[rng.integers(len(_NAMES))]
         title = [f"The {a.title()} {b.title()}", f"{b.title()} of {c.title()}s", f"{name.title()}'s {b.title()}",
                  f"{a.title()} {b.title()}s", f"{b.title()}, {c.title()} & {name.title()}",
-                 f"The {b.title()} - Part {rng.integers(1, 4)}", f"{a.title()}. {b.title()}",
+                 f"The {b.title()} - Part {rng.integers(1, 4)}", f"Dr. {name.title()}'s {b.title()}",
                  f"Mr. {name.title()}"][pattern]
         year = None if rng.random() < 0.02 else int(np.clip(rng.normal(2005, 15), 1930, 2024))
         base, k = title, 2

@@ -180,8 +180,8 @@ def test_canonical_lines_of_every_kind_never_reach_the_reference_parser(monkeypa
         raise AssertionError("a canonical line went to the reference parser")
 
     monkeypatch.setattr(ev, "_parse_slow", refuse)
-    stamps = ["2024-01-01T00:00:00", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.1", "2024-01-01T00:00:00.123456Z",
-              "2024-01-01T00:00:00.123456789"]
+    stamps = ["2024-01-01T00:00:00", "2024-01-31T23:59:59Z", "2024-02-29T12:00:00.1", "2023-12-15T08:30:00.123456Z",
+              "1999-06-30T00:00:00.123456789", "2100-02-28T00:00:00"]
     lines = [f"{t},{u},GET /data/m/the+movie+-+part+1+2014/{m}.mpg" for t in stamps for u in (0, 7, 123456789012)
              for m in (0, 9, 99, 1234, 12345678)]
     lines += [f"{t},5,GET /rate/monsters_+inc.+2001={r}" for t in stamps for r in "12345"]
@@ -249,3 +249,15 @@ def mutated(draw):
 def test_vectorised_parser_agrees_with_the_reference_parser_line_by_line(lines):
     data = b"\n".join(lines) + b"\n"
     assert outcomes(parse(data)) == reference(data)
+
+
+def test_the_date_table_knows_every_real_date_and_no_impossible_one():
+    lut = ev._date_lut()
+    for year in (1900, 1999, 2000, 2023, 2024, 2100):
+        for month in range(1, 13):
+            for day in range(1, 32):
+                try:
+                    expected = (pd.Timestamp(year, month, day) - pd.Timestamp(1970, 1, 1)).days
+                except ValueError:
+                    expected = lut.min()
+                assert lut[((year - ev.MIN_YEAR) * 12 + month - 1) * 31 + day - 1] == expected, (year, month, day)

@@ -1,0 +1,268 @@
+"""The reference recommender: temporal training without leakage, numpy ranking equal to
+surprise's, seen movies never recommended, cold start, artifacts, and the HTTP service."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audits.ingest import ingest
+from conftest import run_cli
+from recsys import events as ev
+from recsys import recommender as rc
+from recsys.simulate import Config, simulate
+
+DENSE = dict(users=600, movies=150, days=21, active_share=0.8)  # enough ratings per user to learn from
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dense")
+    simulate(path, Config(**DENSE, seed=0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def log(world):
+    return ev.parse_file(world / "events.log")
+
+
+@pytest.fixture(scope="module")
+def data(log):
+    d = rc.split(log.ratings)
+    d.seen = rc.watched_before(log.watches, d.cutoff)
+    return d
+
+
+@pytest.fixture(scope="module")
+def svd(data):
+    return rc.train(data, "svd", factors=20, epochs=20, seed=3)
+
+
+def test_training_uses_only_ratings_before_the_cutoff_and_evaluates_on_the_rest(log, data, svd):
+    assert data.train.time.max() < data.cutoff <= data.test.time.min()
+    assert len(data.train) + len(data.test) == len(log.ratings)
+    span = log.ratings.time.max() - log.ratings.time.min()
+    assert data.cutoff == log.ratings.time.min() + span * 0.8  # the most recent 20% is held out
+    assert svd.metadata["train"]["until"] < svd.metadata["cutoff"] <= svd.metadata["test"]["since"]
+    chosen = rc.split(log.ratings, until="2024-01-10")
+    assert chosen.train.time.max() < pd.Timestamp("2024-01-10") <= chosen.test.time.min()
+
+
+def test_same_seed_same_model_and_another_seed_another(data, svd):
+    again = rc.train(data, "svd", factors=20, epochs=20, seed=3)
+    other = rc.train(data, "svd", factors=20, epochs=20, seed=4)
+    assert np.array_equal(svd.user_factors, again.user_factors) and np.array_equal(svd.item_bias, again.item_bias)
+    assert not np.array_equal(svd.user_factors, other.user_factors)
+
+
+def test_numpy_ranking_and_predictions_equal_surprises_own_predict(data, svd):
+    fitted = rc.fit_surprise("svd", data.train, 20, 20, 3)
+    rated = svd.catalog[svd.rated]
+    users = svd.users[:: max(1, len(svd.users) // 15)]
+    for user in users.tolist():
+        seen = set(svd.catalog[svd.seen_pairs(np.array([user]))[1]])
+        estimates = sorted(((fitted.predict(user, m, clip=False).est, m) for m in rated if m not in seen),
+                           key=lambda em: -em[0])
+        ours, scores, cold = svd.recommend(user, 20)
+        assert not cold
+        assert ours == [m for _, m in estimates[:20]]
+        assert np.allclose(scores, [e for e, _ in estimates[:20]])
+    pairs = data.test.head(300)
+    predicted, _cold = svd.predict(pairs.user_id.to_numpy(), pairs.movie_id.astype(str).to_numpy())
+    expected = [fitted.predict(u, m).est for u, m in zip(pairs.user_id, pairs.movie_id.astype(str))]
+    assert np.allclose(predicted, expected)
+
+
+def test_movies_a_user_rated_or_watched_before_the_cutoff_are_never_recommended(data, svd):
+    history = pd.concat([data.train[["user_id", "movie_id"]], data.seen]).astype({"movie_id": str})
+    history = history.groupby("user_id").movie_id.apply(set)
+    users = np.array(sorted(history.index))[:400]
+    ids, _scores, _cold = svd.recommend_many(users, 20)
+    assert all(not set(recs) & history[u] for u, recs in zip(users.tolist(), ids))
+    assert all(len(recs) == 20 == len(set(recs)) for recs in ids)
+
+
+def test_unknown_users_get_the_most_popular_movies_of_the_training_window(data, svd):
+    never = int(data.train.user_id.max()) + 10**6
+    movies, scores, cold = svd.recommend(never, 20)
+    pairs = pd.concat([data.train[["user_id", "movie_id"]], data.seen]).astype({"movie_id": str}).drop_duplicates()
+    counts = pairs.movie_id.value_counts()
+    assert cold and np.isnan(scores).all()
+    assert all(counts[m] >= counts.iloc[19] for m in movies) and len(movies) == 20
+    # A user who watched but never rated is unknown to SVD: popular movies, minus what they watched.
+    watcher = sorted(set(data.seen.user_id) - set(data.train.user_id))[0]
+    movies, _scores, cold = svd.recommend(watcher, 20)
+    assert cold and not set(movies) & set(data.seen.loc[data.seen.user_id == watcher, "movie_id"].astype(str))
+
+
+def test_artifact_round_trip_keeps_arrays_and_provenance(tmp_path, svd, data):
+    loaded = rc.Model.load(svd.save(tmp_path / "m"))
+    for name in rc._ARRAYS:
+        assert np.array_equal(getattr(loaded, name), getattr(svd, name)), name
+    meta = loaded.metadata
+    assert meta == json.loads(json.dumps(svd.metadata, default=str))
+    assert meta["train"]["ratings"] == len(data.train) and meta["train"]["sha256"] == rc.data_hash(data.train)
+    assert meta["params"] == {"factors": 20, "epochs": 20, "seed": 3}
+    assert {"python", "scikit-surprise", "numpy", "pandas"} <= set(meta["versions"])
+    assert meta["metrics"]["rmse"] > 0 and meta["test"]["ratings"] == len(data.test)
+    assert loaded.recommend(int(svd.users[0]), 20)[0] == svd.recommend(int(svd.users[0]), 20)[0]
+
+
+def test_svd_learns_tastes_that_biases_alone_miss(data):
+    svd = rc.train(data, "svd", factors=100, epochs=20, seed=1).metadata["metrics"]["rmse"]
+    baseline = rc.train(data, "baseline").metadata["metrics"]["rmse"]
+    assert svd < baseline - 0.005, (svd, baseline)
+
+
+def test_comparison_reports_every_algorithm_on_the_same_split(data):
+    result = rc.compare(data, factors=20, epochs=10, seed=0, max_users=60)
+    rows = {r["algo"]: r for r in result["algorithms"]}
+    assert set(rows) == {"svd", "knn", "baseline", "popularity"}
+    for r in rows.values():
+        assert 0 <= r["hit_rate@20"] <= 1 and 0 <= r["ndcg@20"] <= r["hit_rate@20"]
+        assert r["ranked_users"] == 60 and r["disk_bytes"] > 0 and r["memory_bytes"] > 0 and r["top_k_ms"] > 0
+    assert rows["popularity"]["rmse"] is None and all(rows[a]["rmse"] > 0 for a in ("svd", "knn", "baseline"))
+
+
+def test_ranking_quality_counts_hits_and_discounts_by_rank():
+    test = pd.DataFrame({"user_id": [1, 1, 2, 3], "movie_id": ["a", "b", "c", "x"], "rating": [5, 4, 5, 2]})
+    q = rc.ranking_quality({1: ["z", "a", "b"], 2: ["y", "w"], 3: ["x"]}, test, k=3)
+    assert q["users"] == 2 and q["hit_rate"] == 0.5  # user 3 liked nothing
+    ideal = 1 + 1 / np.log2(3)
+    assert q["ndcg"] == pytest.approx(((1 / np.log2(3) + 1 / np.log2(4)) / ideal + 0) / 2)
+
+
+def test_models_are_recorded_and_the_newest_is_the_default(store, data, tmp_path, log):
+    assert store.model_artifact() is None
+    first = rc.train(data, "baseline")
+    store.record_model("old", first.save(tmp_path / "old"), first.metadata)
+    newer = rc.train(data, "baseline")
+    newer.metadata["created_at"] = (pd.Timestamp(first.metadata["created_at"]) + pd.Timedelta(seconds=5)).isoformat()
+    store.record_model("new", newer.save(tmp_path / "new"), newer.metadata)
+    assert store.model_artifact() == ("new", str(tmp_path / "new"))
+    assert store.model_artifact("old") == ("old", str(tmp_path / "old"))
+
+
+def test_watched_pairs_come_from_the_database_before_the_cutoff(store, world, data):
+    ingest(store, [str(world)])
+    pairs = store.watched_pairs(data.cutoff).astype({"movie_id": str})
+    expected = data.seen.astype({"movie_id": str}).sort_values(["user_id", "movie_id"]).reset_index(drop=True)
+    got = pairs.sort_values(["user_id", "movie_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+# -- through the command line and a real server ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_db(tmp_path_factory, world, recaudit_bin):
+    home = tmp_path_factory.mktemp("cli")
+    db = home / "recaudit.db"
+    assert run_cli(recaudit_bin, "ingest", "--db", str(db), str(world)).returncode == 0
+    done = run_cli(recaudit_bin, "train", "--db", str(db), "--factors", "20", "--json", cwd=home)
+    assert done.returncode == 0, done.stderr
+    return home, db, json.loads(done.stdout)
+
+
+def test_cli_train_saves_an_artifact_with_provenance_and_recommend_uses_it(trained_db, recaudit_bin):
+    home, db, meta = trained_db
+    assert (home / "models" / meta["id"] / "model.npz").exists()
+    assert meta["params"]["factors"] == 20 and meta["train"]["sha256"]
+    known = int(rc.Model.load(meta["path"]).users[0])
+    done = run_cli(recaudit_bin, "recommend", "--db", str(db), str(known), "--k", "5", "--json")
+    out = json.loads(done.stdout)
+    assert done.returncode == 0 and out["model"] == meta["id"] and not out["cold_start"]
+    assert len(out["movies"]) == 5 and all(m["title"] for m in out["movies"])
+    cold = run_cli(recaudit_bin, "recommend", "--db", str(db), "987654321", "--k", "3")
+    assert "unknown to model" in cold.stdout.decode()
+
+
+def test_cli_compare_prints_a_table_and_saves_it(trained_db, recaudit_bin):
+    home, db, _ = trained_db
+    done = run_cli(recaudit_bin, "train", "--db", str(db), "--compare", "--factors", "10", "--epochs", "5", cwd=home)
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr
+    assert all(name in out for name in ("svd", "knn", "baseline", "popularity", "NDCG@20"))
+    saved = list((home / "models" / "comparisons").glob("comparison-*.json"))
+    assert len(saved) == 1 and len(json.loads(saved[0].read_text())["algorithms"]) == 4
+
+
+def test_cli_without_ratings_or_model_explains_in_one_line(tmp_path, recaudit_bin):
+    db = str(tmp_path / "empty.db")
+    for args, message in ((["train", "--db", db], "no ratings"), (["recommend", "--db", db, "1"], "no model trained yet")):
+        done = run_cli(recaudit_bin, *args, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers.get("content-type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type"), e.read().decode()
+
+
+@pytest.fixture
+def server(trained_db, recaudit_bin, tmp_path):
+    home, db, meta = trained_db
+    port, log = free_port(), tmp_path / "service.log"
+    proc = subprocess.Popen([recaudit_bin, "serve", "--db", str(db), "--port", str(port), "--log", str(log),
+                             "--server-name", "test-server:8082", "--reload-seconds", "0.5"], cwd=home)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if get(base + "/healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    yield base, log, meta
+    proc.terminate()  # uvicorn shuts down gracefully, then exits by the signal it was sent
+    assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+
+
+def test_http_recommend_returns_twenty_distinct_movies_as_text_and_logs_a_parseable_line(server):
+    base, log, meta = server
+    known = int(rc.Model.load(meta["path"]).users[0])
+    status, ctype, body = get(f"{base}/recommend/{known}")
+    movies = body.split(",")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert len(movies) == 20 == len(set(movies))
+    assert get(f"{base}/recommend/abc")[0] == 400 and get(f"{base}/recommend/-1")[0] == 400
+    assert get(f"{base}/recommend/99999999")[0] == 200  # cold start still answers
+    parsed = ev.parse_file(log)
+    assert parsed.rejects.empty and parsed.counts["recommend"] == 2
+    first = parsed.recommendations.iloc[0]
+    assert (first.user_id, first.server, first.status, first.n_items) == (known, "test-server:8082", 200, 20)
+    assert parsed.items[parsed.items.line == first.line].movie_id.tolist() == movies
+
+
+def test_a_newer_model_is_swapped_in_while_requests_keep_being_answered(server, trained_db, recaudit_bin):
+    base, _log, meta = server
+    home, db, _ = trained_db
+    assert json.loads(get(base + "/healthz")[2])["model"] == meta["id"]
+    time.sleep(1.1)  # model ids have a resolution of one second
+    trainer = subprocess.Popen([recaudit_bin, "train", "--db", str(db), "--algo", "baseline", "--json"], cwd=home,
+                               stdout=subprocess.PIPE)
+    statuses = []
+    while trainer.poll() is None:
+        statuses.append(get(f"{base}/recommend/1")[0])
+    newer = json.loads(trainer.stdout.read())["id"]
+    deadline = time.monotonic() + 10
+    while json.loads(get(base + "/healthz")[2])["model"] != newer and time.monotonic() < deadline:
+        statuses.append(get(f"{base}/recommend/1")[0])
+    assert json.loads(get(base + "/healthz")[2])["model"] == newer
+    assert statuses and set(statuses) == {200}

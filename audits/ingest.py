@@ -79,19 +79,21 @@ def plan(paths: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-def ingest(store: st.Store, paths: Iterable[str], follow: bool = False,
-           chunk_bytes: int = ev.CHUNK_BYTES, stdin: BinaryIO | None = None) -> IngestSummary:
+def ingest(store: st.Store, paths: Iterable[str], follow: bool = False, chunk_bytes: int = ev.CHUNK_BYTES,
+           stdin: BinaryIO | None = None, validate: dict | None = None) -> IngestSummary:
     """Ingest every source the paths name, in order.
 
     `follow` is for logs still being written: an unterminated last line is left for the next
-    run instead of being read half-written.
+    run instead of being read half-written. `validate` (a configuration) quarantines the
+    events that fail a quarantining expectation, with its name as the reason.
     """
+    check = _validator(validate) if validate is not None else None
     results = []
     for kind, path in plan(paths):
         if path == "-":
-            results += _ingest_stdin(store, stdin or sys.stdin.buffer, chunk_bytes)
+            results += _ingest_stdin(store, stdin or sys.stdin.buffer, chunk_bytes, check)
         elif kind == "events":
-            results.append(_ingest_log(store, Path(path), follow, chunk_bytes))
+            results.append(_ingest_log(store, Path(path), follow, chunk_bytes, check))
         elif kind == "users":
             results.append(_ingest_table(store, Path(path), "users"))
         elif kind == "movies":
@@ -99,6 +101,17 @@ def ingest(store: st.Store, paths: Iterable[str], follow: bool = False,
         else:
             results.append(_ingest_movielens(store, Path(path)))
     return IngestSummary(results)
+
+
+def _validator(config: dict):
+    """The parsed pieces of a log, with events failing a quarantining expectation moved out."""
+    from audits import validation
+
+    def check(parsed: ev.ParsedEvents, source: str) -> ev.ParsedEvents:
+        params = validation.parameters(config)
+        return validation.quarantine_failing(parsed, source, params, config["validation"]["suite_dir"])
+
+    return check
 
 
 # -- sources -----------------------------------------------------------------------------------
@@ -131,7 +144,7 @@ def _last_ingest_of(store: st.Store, name: str):
             .order_by(st.ingested_sources.c.id.desc()).limit(1)).first()
 
 
-def _ingest_log(store: st.Store, path: Path, follow: bool, chunk_bytes: int) -> SourceResult:
+def _ingest_log(store: st.Store, path: Path, follow: bool, chunk_bytes: int, check=None) -> SourceResult:
     name = str(path)
     if path.suffix == ".gz":
         digest, end = hashlib.sha256(), 0
@@ -163,7 +176,7 @@ def _ingest_log(store: st.Store, path: Path, follow: bool, chunk_bytes: int) -> 
                 f.seek(start)
             yield from ev.parse_stream(_Limited(f, end - start), name, chunk_bytes, first_line)
 
-    return _commit_log(store, name, fingerprint, pieces(), start, end, first_line)
+    return _commit_log(store, name, fingerprint, pieces(), start, end, first_line, check)
 
 
 def _complete_lines_end(path: Path, size: int) -> int:
@@ -199,7 +212,7 @@ class _Limited:
         return data
 
 
-def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int) -> list[SourceResult]:
+def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=None) -> list[SourceResult]:
     """Standard input in batches, each its own source, so a long-running pipe commits as it goes."""
     results, offset = [], 0
     for data, first_line in ev.iter_chunks(stream, chunk_bytes):
@@ -208,13 +221,13 @@ def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int) -> list[S
             results.append(SourceResult("-", "events", "skipped", first_line=first_line))
         else:
             parsed = iter([ev.parse_bytes(data, "-", first_line)])
-            results.append(_commit_log(store, "-", fingerprint, parsed, offset, offset + len(data), first_line))
+            results.append(_commit_log(store, "-", fingerprint, parsed, offset, offset + len(data), first_line, check))
         offset += len(data)
     return results
 
 
 def _commit_log(store: st.Store, name: str, fingerprint: str, pieces: Iterable[ev.ParsedEvents],
-                start: int, end: int, first_line: int) -> SourceResult:
+                start: int, end: int, first_line: int, check=None) -> SourceResult:
     """Store the parsed pieces of bytes [start, end) of a log as one source, in one transaction."""
     result = SourceResult(name, "events", "ingested", first_line=first_line,
                           stored={k: 0 for k in EVENT_KINDS})
@@ -224,6 +237,8 @@ def _commit_log(store: st.Store, name: str, fingerprint: str, pieces: Iterable[e
             keys: dict[str, int] = {}
             span = 0
             for parsed in pieces:
+                if check is not None:
+                    parsed = check(parsed, name)
                 _store_events(store, conn, source_id, parsed, keys)
                 for kind in EVENT_KINDS:
                     result.stored[kind] += parsed.counts[kind]
@@ -329,7 +344,7 @@ def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.
     store.insert(conn, st.recommendation_items, pd.DataFrame({
         "source_id": source_id, "line": i["line"], "rank": i["rank"],
         "movie_key": _keys_for(store, conn, i["movie_id"], keys)}))
-    _store_rejects(store, conn, source_id, parsed.rejects)
+    _store_rejects(store, conn, source_id, parsed.rejects, parsed)
 
 
 def _store_ratings(store: st.Store, conn: Connection, source_id: int, ratings: pd.DataFrame, keys: dict) -> None:
@@ -350,7 +365,21 @@ def _store_movies(store: st.Store, conn: Connection, source_id: int, movies: pd.
     store.upsert(conn, st.movies, frame, key="movie_key")
 
 
-def _store_rejects(store: st.Store, conn: Connection, source_id: int, rejects: pd.DataFrame) -> None:
-    store.insert(conn, st.quarantine, pd.DataFrame({
-        "source_id": source_id, "file": rejects["source"], "line": rejects["line"],
-        "raw": rejects["raw"], "reason": rejects["reason"]}))
+def _store_rejects(store: st.Store, conn: Connection, source_id: int, rejects: pd.DataFrame,
+                   parsed: ev.ParsedEvents | None = None) -> None:
+    frame = pd.DataFrame({"source_id": source_id, "file": rejects["source"], "line": rejects["line"],
+                          "raw": rejects["raw"], "reason": rejects["reason"]})
+    if parsed is not None:
+        frame["near_time"] = _near_times(parsed, rejects["line"].to_numpy())
+    store.insert(conn, st.quarantine, frame)
+
+
+def _near_times(parsed: ev.ParsedEvents, lines: np.ndarray) -> pd.Series:
+    """For each rejected line, the time of the nearest earlier event of the piece (or the first
+    event after it when none is earlier)."""
+    events = pd.concat([parsed.watches[["line", "time"]], parsed.ratings[["line", "time"]],
+                        parsed.recommendations[["line", "time"]]]).sort_values("line")
+    if events.empty:
+        return pd.Series(pd.NaT, index=range(len(lines)), dtype="datetime64[ns]")
+    i = np.clip(np.searchsorted(events["line"].to_numpy(), lines) - 1, 0, len(events) - 1)
+    return pd.Series(events["time"].to_numpy()[i])

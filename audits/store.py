@@ -38,6 +38,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     text,
 )
@@ -163,6 +164,10 @@ quarantine = Table(
     Column("line", BigInteger, nullable=False),
     Column("raw", Text, nullable=False),
     Column("reason", Text, nullable=False),
+    # A malformed line has no time of its own; in a time-ordered log, the time of the nearest
+    # earlier event of the same source says when it happened (null for CSV and MovieLens rows).
+    Column("near_time", UTCTime),
+    Index("quarantine_near_time", "near_time"),
 )
 
 models = Table(
@@ -177,6 +182,51 @@ models = Table(
     Column("rmse", Float),
     Column("mae", Float),
     Column("metadata", Text, nullable=False),
+)
+
+audit_runs = Table(
+    "audit_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", UTCTime, nullable=False),
+    Column("finished_at", UTCTime),
+    Column("since", UTCTime, nullable=False),  # the window [since, until)
+    Column("until", UTCTime, nullable=False),
+    Column("audits", Text, nullable=False),  # the audits asked for, comma-separated
+    Column("status", String(16), nullable=False),  # running, ok, findings, critical, errored
+    Column("path", Text),  # where results.json and the page were written
+)
+
+audit_results = Table(
+    "audit_results", metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("audit", String(32), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("error", Text),
+    Column("seconds", Float, nullable=False),
+    PrimaryKeyConstraint("run_id", "audit"),
+)
+
+metrics = Table(
+    "metrics", metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("key", String(255), nullable=False),  # DESIGN.md §2.1: <audit>.<metric>[.<dimension>.<group>]
+    Column("value", Float),
+    PrimaryKeyConstraint("run_id", "key"),
+)
+
+findings = Table(
+    "findings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("audit", String(32), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("fingerprint", String(32), nullable=False),
+    Index("findings_run", "run_id"),
 )
 
 EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}
@@ -365,6 +415,46 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return (row[0], row[1]) if row else None
+
+    def quarantine_of_window(self, since, until) -> pd.DataFrame:
+        """Quarantined log lines that happened in [since, until) (by their `near_time`), shaped
+        like the parser's rejects."""
+        where, params = _time_filter(since, until, self.dialect)
+        df = self._frame(f"SELECT file AS source, line, raw, reason FROM quarantine "
+                         f"{where.replace('time', 'near_time')} ORDER BY id", params)
+        return df.astype({"source": object, "line": np.int64, "raw": object, "reason": object})
+
+    def latest_event_time(self) -> pd.Timestamp | None:
+        """The time of the most recent stored event."""
+        with self.engine.connect() as conn:
+            values = [conn.execute(select(func.max(t.c.time))).scalar() for t in EVENT_TABLES.values()]
+        values = [pd.Timestamp(v) for v in values if v is not None]
+        return max(values) if values else None
+
+    def start_run(self, since, until, audits: list[str]) -> int:
+        with self.transaction() as conn:
+            return conn.execute(audit_runs.insert().values(
+                started_at=pd.Timestamp.now("UTC").tz_localize(None), since=pd.Timestamp(since),
+                until=pd.Timestamp(until), audits=",".join(audits), status="running",
+            ).returning(audit_runs.c.id)).scalar_one()
+
+    def finish_run(self, run_id: int, status: str, path, results: dict) -> None:
+        """Record each audit's status, metrics and findings, and close the run, in one transaction."""
+        with self.transaction() as conn:
+            for name, r in results.items():
+                conn.execute(audit_results.insert().values(run_id=run_id, audit=name, status=r.status,
+                                                           error=r.error, seconds=r.seconds))
+                rows = r.to_dict()
+                if rows["metrics"]:
+                    conn.execute(metrics.insert(), [{"run_id": run_id, "key": k, "value": v}
+                                                    for k, v in rows["metrics"].items()])
+                if rows["findings"]:
+                    conn.execute(findings.insert(), [
+                        {"run_id": run_id, **{k: f[k] for k in ("audit", "key", "kind", "severity", "message",
+                                                                 "value", "threshold", "fingerprint")}}
+                        for f in rows["findings"]])
+            conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
+                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=status, path=str(path)))
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:

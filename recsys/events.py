@@ -15,10 +15,10 @@ from __future__ import annotations
 import gzip
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,13 @@ class ParsedEvents:
     rejects: pd.DataFrame
     lines: int = 0  # non-blank lines read
     span: int = 0  # physical lines covered, blank ones included
+    text: Callable[[np.ndarray], list[str]] | None = field(default=None, repr=False, compare=False)
+
+    def raw(self, lines) -> list[str]:
+        """The text of lines of this piece (for quarantining rows found wrong after parsing)."""
+        if self.text is None:
+            raise ValueError("the raw lines of a concatenated parse are not kept")
+        return self.text(np.asarray(lines, dtype=np.int64))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -75,14 +82,14 @@ class ParsedEvents:
 def _concat_frames(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if len(frames) < 2:
-        return frames[0] if frames else _frame(name)
+        return frames[0] if frames else frame(name)
     out = pd.concat(frames, ignore_index=True)
     if not out["line"].is_monotonic_increasing:  # pieces interleave (the fast and reference paths)
         out = out.sort_values(["line", "rank"] if name == "items" else "line", ignore_index=True, kind="stable")
     return out.astype({c: t for c, t in SCHEMAS[name].items() if t == _C})
 
 
-def _frame(name: str, **values) -> pd.DataFrame:
+def frame(name: str, **values) -> pd.DataFrame:
     """A frame of one of the SCHEMAS; columns not given are empty."""
     schema = SCHEMAS[name]
     df = pd.DataFrame({c: values.get(c, []) for c in schema}, copy=False)
@@ -485,7 +492,7 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     s, e, cr = _line_bounds(b)
     line_no = np.arange(len(s), dtype=np.int64) + first_line
     if len(s) == 0:
-        return ParsedEvents(*(_frame(name) for name in SCHEMAS))
+        return ParsedEvents(*(frame(name) for name in SCHEMAS))
 
     # Bytes only the reference parser may judge: control characters, DEL, anything not ASCII.
     odd = _lines_with_odd_bytes(b, s, e)
@@ -511,7 +518,7 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     w &= (minute_len >= 1) & (minute_len <= 9) & (before == ord("/")) & (slash > body + len(WATCH_PREFIX))
     rows = np.flatnonzero(w)
     slug, rows = _strings_or_slow(b, body[rows] + len(WATCH_PREFIX), slash[rows], rows, _SLUG_BAD, slow)
-    watches = _frame("watches", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+    watches = frame("watches", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
                      movie_id=slug, minute=minute[rows])
 
     # GET /rate/<slug>=<1-5>
@@ -521,7 +528,7 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     is_r &= e[rest] - 2 > body[rest] + len(RATE_PREFIX)
     rows = rest[is_r]
     slug, rows = _strings_or_slow(b, body[rows] + len(RATE_PREFIX), e[rows] - 2, rows, _SLUG_BAD, slow)
-    ratings = _frame("ratings", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+    ratings = frame("ratings", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
                      movie_id=slug, rating=b.byte(e[rows] - 1).astype(np.int64) - 48)
 
     # recommendation request <server>, status <code>, result: <...>, <latency> ms
@@ -529,12 +536,14 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     is_rc = b.starts_with(body[rest], REC_PREFIX) & b.starts_with(e[rest] - 3, b" ms")
     recs, items = _recommendations(b, rest[is_rc], e, body, t, user, line_no, slow)
 
-    out = ParsedEvents(watches, ratings, recs, items, _frame("rejects"))
+    out = ParsedEvents(watches, ratings, recs, items, frame("rejects"))
     slow = np.concatenate(slow + [rest[~is_rc]])
     if len(slow):
         slow.sort()
         out = ParsedEvents.concat([out, _parse_slow(data, s[slow], e[slow], line_no[slow], source)])
     out.lines, out.span = int((~blank).sum()), len(s)
+    out.text = lambda lines: [data[a:z].decode("utf-8", "backslashreplace")
+                              for a, z in zip(s[lines - first_line], e[lines - first_line])]
     return out
 
 
@@ -596,9 +605,9 @@ def _recommendations(b: _Buffer, rc, e, body, t, user, line_no, slow) -> tuple[p
     movie = pc.replace_with_mask(pieces, pa.array(is_first),
                                  pc.utf8_slice_codeunits(pieces.take(pa.array(heads)), len("result: ")))
     rows = rc[k]
-    recs = _frame("recommendations", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
+    recs = frame("recommendations", line=line_no[rows], time=_times(t[rows]), user_id=user[rows],
                   server=server[k], status=status[k], latency_ms=latency[k], n_items=n_items, error=errors)
-    items = _frame("items", line=np.repeat(line_no[rows], n_items), rank=within + 1, movie_id=_categorical(movie))
+    items = frame("items", line=np.repeat(line_no[rows], n_items), rank=within + 1, movie_id=_categorical(movie))
     return recs, items
 
 
@@ -657,13 +666,13 @@ def _parse_slow(data: bytes, starts, ends, lines, source: str) -> ParsedEvents:
         else:
             rows[kind].append((ln, *f))
 
-    def frame(name: str, data_rows: list[tuple]) -> pd.DataFrame:
+    def from_rows(name: str, data_rows: list[tuple]) -> pd.DataFrame:
         columns = list(SCHEMAS[name])
         values = dict(zip(columns, zip(*data_rows))) if data_rows else {}
         if "time" in values:
             values["time"] = _times(np.array(values["time"], dtype=np.int64))
-        return _frame(name, **values)
+        return frame(name, **values)
 
-    return ParsedEvents(frame("watches", rows["watch"]), frame("ratings", rows["rate"]),
-                        frame("recommendations", rows["recommend"]), frame("items", items),
-                        frame("rejects", rows["reject"]))
+    return ParsedEvents(from_rows("watches", rows["watch"]), from_rows("ratings", rows["rate"]),
+                        from_rows("recommendations", rows["recommend"]), from_rows("items", items),
+                        from_rows("rejects", rows["reject"]))

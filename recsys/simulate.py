@@ -305,6 +305,7 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
     share = np.clip(0.45 + 0.25 * (truth - MEAN_RATING - 0.6) + rng.normal(0, 0.2, s), 0.03, 1.0)
     minutes = np.maximum(1, np.round(share * world.runtime[movie])).astype(np.int64)
     rated = rng.random(s) < 0.1 + 0.4 * share
+    t0, start = _one_after_another(u, t0, start, minutes)
     noise = np.where(fair & world.noisy[u], FAIR_NOISE, NOISE)
     rating = np.clip(np.round(truth + rng.normal(0, 1, s) * noise), 1, 5).astype(np.int64)
 
@@ -326,6 +327,25 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
         value=np.concatenate([w_minute, rating[r_idx], np.arange(len(req))]),
         lists=lists, status=status, latency=latency, server=server,
     )
+
+
+def _one_after_another(user: np.ndarray, t0: np.ndarray, start: np.ndarray, minutes: np.ndarray):
+    """Shift a user's later sessions of the day to begin after the previous one ends (a person
+    watches one thing at a time)."""
+    order = np.lexsort((t0, user))
+    u, t, w, m = user[order], t0[order].copy(), start[order].copy(), minutes[order]
+    first = np.ones(len(u), dtype=bool)
+    first[1:] = u[1:] != u[:-1]
+    rank = np.arange(len(u)) - np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
+    for r in range(1, int(rank.max(initial=0)) + 1):
+        i = np.flatnonzero(rank == r)
+        free = w[i - 1] + m[i - 1] * 60 * 10**9 + 60 * 10**9  # a minute after the previous one ends
+        shift = np.maximum(0, free - t[i])
+        t[i] += shift
+        w[i] += shift
+    t0, start = t0.copy(), start.copy()
+    t0[order], start[order] = t, w
+    return t0, start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,12 +553,18 @@ def simulate(out_dir: str | Path, cfg: Config) -> Summary:
 
 
 def _subset(day: Day, rows: np.ndarray) -> Day:
-    """Watch and rate events of `rows` (what spills past midnight is never a request)."""
-    return Day(day.time[rows], day.kind[rows], day.user[rows], day.movie[rows], day.value[rows],
-               np.empty((0, K), np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+    """The events `rows` of a day (what spills past midnight), requests with their lists."""
+    kind, value = day.kind[rows], day.value[rows].copy()
+    recs = value[kind == 2]
+    value[kind == 2] = np.arange(len(recs))
+    return Day(day.time[rows], kind, day.user[rows], day.movie[rows], value,
+               day.lists[recs], day.status[recs], day.latency[recs], day.server[recs])
 
 
 def _merge(carry: Day, day: Day) -> Day:
-    return Day(np.concatenate([carry.time, day.time]), np.concatenate([carry.kind, day.kind]),
-               np.concatenate([carry.user, day.user]), np.concatenate([carry.movie, day.movie]),
-               np.concatenate([carry.value, day.value]), day.lists, day.status, day.latency, day.server)
+    """Yesterday's spill-over before today's events; today's requests index after its lists."""
+    value = np.where(day.kind == 2, day.value + len(carry.lists), day.value)
+    cat = np.concatenate
+    return Day(cat([carry.time, day.time]), cat([carry.kind, day.kind]), cat([carry.user, day.user]),
+               cat([carry.movie, day.movie]), cat([carry.value, value]), cat([carry.lists, day.lists]),
+               cat([carry.status, day.status]), cat([carry.latency, day.latency]), cat([carry.server, day.server]))

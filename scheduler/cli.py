@@ -122,9 +122,11 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
 
 @main.command()
 @click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--validate", is_flag=True, help="Quarantine events that fail a row-level expectation of the suites.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file (with --validate).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @click.argument("paths", nargs=-1, required=True)
-def ingest(db, as_json, paths):
+def ingest(db, validate, config_path, as_json, paths):
     """Store event logs, users.csv, movies.csv or MovieLens directories in the database.
 
     PATHS are event logs (plain or .gz, or - for standard input, read in batches so that a
@@ -135,12 +137,17 @@ def ingest(db, as_json, paths):
     Every non-blank line is stored or quarantined with its reason; a source is committed whole
     or not at all. Ingesting the same content again stores nothing; a log that has grown since
     it was ingested contributes only its new lines.
+
+    With --validate, events that fail an expectation marked for quarantine (a rating outside
+    1-5, a list without 20 movies, a duplicate event, ...) are quarantined with the
+    expectation's name as the reason instead of stored.
     """
     from audits.ingest import ingest as run
 
+    config = load_config(config_path) if validate else None
     with user_errors():
         store = open_store(db)
-        summary = run(store, paths)
+        summary = run(store, paths, validate=config)
     data = summary.to_dict()
 
     def human(d):
@@ -342,3 +349,118 @@ def serve(host, port, db, log_path, server_name, reload_seconds):
     app = serving.create_app(holder, serving.EventLog(log_path), name, reload_seconds)
     click.echo(f"serving {holder.model_id or 'no model yet'} on http://{host}:{port} (log: {log_path})", err=True)
     serving.serve(app, host, port)
+
+
+CONFIG_HELP = "Settings file [default: ./recaudit.toml if it exists; every setting has a default]."
+
+
+def load_config(path):
+    from audits import config
+
+    with user_errors():
+        return config.load(path)
+
+
+def window_options(f):
+    f = click.option("--until", metavar="TIME", help="End of the window (exclusive).")(f)
+    return click.option("--since", metavar="TIME", help="Start of the window.")(f)
+
+
+@main.command()
+@click.option("--suite-dir", type=click.Path(file_okay=False), help="Suites to run [default: those shipped with recaudit].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@window_options
+@click.option("--json", "as_json", is_flag=True, help="Print every expectation's outcome as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML (one testcase per expectation).")
+@click.argument("paths", nargs=-1, required=True)
+def validate(suite_dir, config_path, since, until, as_json, junit, paths):
+    """Check files against the data contracts (Great Expectations suites); no database needed.
+
+    PATHS are event logs, users.csv, movies.csv, MovieLens or stream directories. Every suite
+    whose dataset appears is run: log (every line parses), watches, ratings,
+    recommendations, users, movies. Expectations that need something not given are skipped
+    and said so: the catalogue (give movies.csv) or the window (--since and --until).
+
+    Exit status: 0 when every expectation holds, 1 when any fails, 2 for a usage or input
+    error. Made for CI: `--junit` writes a report GitHub Actions, GitLab and Jenkins display.
+    """
+    from audits import validation
+
+    cfg = load_config(config_path)
+    if suite_dir:
+        cfg["validation"]["suite_dir"] = suite_dir
+    if (since is None) != (until is None):
+        raise UserError("--since and --until go together (the window checked)")
+    with user_errors():
+        frames, found = validation.read_paths(paths)
+        params = validation.parameters(cfg, parse_time(since, "--since"), parse_time(until, "--until"), found["catalog"])
+        outcomes = validation.run_suites(frames, params, cfg["validation"]["suite_dir"])
+    if junit:
+        from reports import junit as junit_xml
+
+        junit_xml.write(outcomes, junit)
+    failed = [o for o in outcomes if o.success is False]
+
+    def human(_):
+        for o in outcomes:
+            mark = {True: "ok  ", False: "FAIL", None: "skip"}[o.success]
+            detail = o.message if o.success is False else (o.skipped or "")
+            click.echo(f"{mark} {o.dataset}.{o.name}" + (f": {detail}" if detail else ""))
+        passed = sum(o.success is True for o in outcomes)
+        click.echo(f"{len(outcomes)} expectations: {passed} passed, {len(failed)} failed, "
+                   f"{len(outcomes) - passed - len(failed)} skipped")
+
+    emit({"success": not failed, "expectations": [o.to_dict() for o in outcomes]}, as_json, human)
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@window_options
+@click.option("--only", metavar="LIST", help="Comma list of audits to run [default: all].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./reports].")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's results.json.")
+def audit(db, config_path, since, until, only, out, as_json):
+    """Run the audits over a window of stored data and record what they find.
+
+    The window is [--since, --until). A missing --until is --since plus `audit.window`
+    (1 day); without either, the window is the `audit.window` that ends with the latest stored
+    event. Each audit's metrics and
+    findings are stored in the database and written to OUT/runs/<run_id>/results.json, with a
+    page (index.html) beside it. One audit that fails is recorded as errored, with a critical
+    finding, and the others still run.
+
+    Exit status: 1 when a critical finding exists, else 0 (2 for a usage or input error).
+    """
+    from audits import registry
+    from audits import run as runs
+    from reports.html import render_run
+
+    cfg = load_config(config_path)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    for name in names or []:
+        if name not in registry.AUDITS:
+            raise UserError(f"--only: unknown audit {name!r} (known: {', '.join(registry.AUDITS)})")
+    store = open_store(db)
+    try:
+        since, until = runs.default_window(store, cfg["audit"]["window"], parse_time(since, "--since"),
+                                           parse_time(until, "--until"))
+    except (LookupError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    result = runs.run(store, since, until, cfg, names, out or cfg["audit"]["out"])
+    data = result.to_dict()
+    page = render_run(data, result.path)
+
+    def human(d):
+        click.echo(f"run {d['run_id']} over {d['window']['since']} → {d['window']['until']}: {d['status']}")
+        for name, a in d["audits"].items():
+            click.echo(f"  {name}: {a['status']}" + (f" ({len(a['findings'])} findings)" if a["findings"] else ""))
+            for f in a["findings"]:
+                click.echo(f"    [{f['severity']}] {f['message']}")
+        click.echo(f"results: {result.path / 'results.json'}\npage: {page}")
+
+    emit(data, as_json, human)
+    if result.status == "critical":
+        raise SystemExit(1)

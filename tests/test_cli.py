@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ["simulate", "ingest", "train", "recommend", "serve"]
+COMMANDS = ["simulate", "ingest", "train", "recommend", "serve", "validate", "audit"]
 HEAVY = ["pandas", "numpy", "pyarrow", "sqlalchemy", "evidently", "great_expectations", "surprise"]
 
 

@@ -1,0 +1,109 @@
+"""An audit run: the registered audits over one window of stored data, each isolated from the
+others' failures, recorded in the store and written as results.json under the output
+directory (the page beside it is reports.html's)."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from audits import registry
+from audits.result import AuditResult, Finding
+from audits.store import Store, Window
+
+
+@dataclass
+class AuditContext:
+    """What an audit may look at: the window of stored data, the configuration, its own
+    directory for artifacts (e.g. an evidently report)."""
+
+    store: Store
+    since: pd.Timestamp
+    until: pd.Timestamp
+    config: dict
+    run_id: int
+    out_dir: Path
+
+    @cached_property
+    def window(self) -> Window:
+        return self.store.window(self.since, self.until)
+
+
+@dataclass
+class Run:
+    run_id: int
+    since: pd.Timestamp
+    until: pd.Timestamp
+    results: dict[str, AuditResult] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def status(self) -> str:
+        statuses = [r.status for r in self.results.values()]
+        if "errored" in statuses:
+            return "errored"
+        if any(r.critical for r in self.results.values()):
+            return "critical"
+        return "findings" if "findings" in statuses else "ok"
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "status": self.status,
+                "window": {"since": self.since.isoformat(), "until": self.until.isoformat()},
+                "audits": {name: r.to_dict() for name, r in self.results.items()}}
+
+
+def parse_duration(text: str) -> pd.Timedelta:
+    try:
+        return pd.Timedelta(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 1d, 12h, 7d)") from None
+
+
+def default_window(store: Store, length: str, since=None, until=None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[since, until): the bounds given; a missing `until` is `since` + `length`, or without
+    either, the `length` that ends with the latest stored event (included)."""
+    span = parse_duration(length)
+    if until is None and since is not None:
+        until = pd.Timestamp(since) + span
+    elif until is None:
+        latest = store.latest_event_time()
+        if latest is None:
+            raise LookupError("no events stored: ingest some first")
+        until = latest.floor("s") + pd.Timedelta(seconds=1)
+    until = pd.Timestamp(until)
+    since = pd.Timestamp(since) if since is not None else until - span
+    if since >= until:
+        raise ValueError(f"the window is empty: since {since} is not before until {until}")
+    return since, until
+
+
+def run(store: Store, since, until, config: dict, only: list[str] | None = None, out: str | Path = "reports") -> Run:
+    """Run the audits (all registered, or `only`) over [since, until), record and write them."""
+    names = only or list(registry.AUDITS)
+    unknown = [n for n in names if n not in registry.AUDITS]
+    if unknown:
+        raise ValueError(f"unknown audit {unknown[0]!r} (known: {', '.join(registry.AUDITS)})")
+    run_id = store.start_run(since, until, names)
+    result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=Path(out) / "runs" / str(run_id))
+    result.path.mkdir(parents=True, exist_ok=True)
+    ctx = AuditContext(store, result.since, result.until, config, run_id, result.path)
+    for name in names:
+        started = time.perf_counter()
+        try:
+            outcome = registry.get(name)(ctx)
+        except Exception as exc:  # one audit's failure must not stop the others
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = AuditResult(name, status="errored", error=error, details={"traceback": traceback.format_exc()},
+                                  findings=[Finding(name, f"{name}.errored", "critical",
+                                                    f"the {name} audit could not run: {error}", kind="audit_errored")])
+        outcome.seconds = time.perf_counter() - started
+        result.results[name] = outcome
+    (result.path / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    store.finish_run(run_id, result.status, result.path, result.results)
+    return result

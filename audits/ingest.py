@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -79,13 +79,14 @@ def plan(paths: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-def ingest(store: st.Store, paths: Iterable[str], follow: bool = False, chunk_bytes: int = ev.CHUNK_BYTES,
+def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BYTES,
            stdin: BinaryIO | None = None, validate: dict | None = None) -> IngestSummary:
     """Ingest every source the paths name, in order.
 
-    `follow` is for logs still being written: an unterminated last line is left for the next
-    run instead of being read half-written. `validate` (a configuration) quarantines the
-    events that fail a quarantining expectation, with its name as the reason.
+    A log is recognised by its content, whatever its name: a log that grew since it was
+    ingested contributes its new lines, and a last line that was still being written when it
+    was read is read again, whole. `validate` (a configuration) quarantines the events that
+    fail a quarantining expectation, with its name as the reason.
     """
     check = _validator(validate) if validate is not None else None
     results = []
@@ -93,7 +94,7 @@ def ingest(store: st.Store, paths: Iterable[str], follow: bool = False, chunk_by
         if path == "-":
             results += _ingest_stdin(store, stdin or sys.stdin.buffer, chunk_bytes, check)
         elif kind == "events":
-            results.append(_ingest_log(store, Path(path), follow, chunk_bytes, check))
+            results.append(_ingest_log(store, Path(path), chunk_bytes, check))
         elif kind == "users":
             results.append(_ingest_table(store, Path(path), "users"))
         elif kind == "movies":
@@ -116,18 +117,12 @@ def _validator(config: dict):
 
 # -- sources -----------------------------------------------------------------------------------
 
-def _sha256(path: Path, start: int, end: int, digest=None):
-    """Hash bytes [start, end) of a file, continuing `digest` when given."""
+def _sha256(path: Path, digest=None):
+    """Hash a file's content, continuing `digest` when given."""
     digest = digest or hashlib.sha256()
     with open(path, "rb") as f:
-        f.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            block = f.read(min(_HASH_BLOCK, remaining))
-            if not block:
-                break
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             digest.update(block)
-            remaining -= len(block)
     return digest
 
 
@@ -137,61 +132,81 @@ def _seen(store: st.Store, fingerprint: str) -> bool:
             st.ingested_sources.c.fingerprint == fingerprint)).first() is not None
 
 
-def _last_ingest_of(store: st.Store, name: str):
+@dataclass
+class _LogPlan:
+    """What to read of a log: bytes [start, end), numbered from first_line, and its lineage."""
+
+    start: int
+    end: int
+    first_line: int
+    fingerprint: str
+    continues: str | None = None  # the fingerprint of the content this tail continues
+    partial_from: int | None = None  # where this content's unterminated last line starts
+    replaces: tuple[int, int] | None = None  # (source id, line): a line read half-written before
+
+
+def _plan_log(store: st.Store, path: Path) -> _LogPlan:
+    """Read the log once: its fingerprint, where its last line starts if unterminated, and the
+    longest content ingested before (under any name) that it begins with."""
     with store.engine.connect() as conn:
-        return conn.execute(select(st.ingested_sources).where(
-            st.ingested_sources.c.kind == "events", st.ingested_sources.c.name == name)
-            .order_by(st.ingested_sources.c.id.desc()).limit(1)).first()
+        earlier = conn.execute(select(
+            st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
+            st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
+            .where(st.ingested_sources.c.kind == "events", st.ingested_sources.c.end_offset > 0)
+            .order_by(st.ingested_sources.c.end_offset)).all()
+    digest, offset, last_newline, previous = hashlib.sha256(), 0, -1, None
+    checkpoints = iter(earlier)
+    point = next(checkpoints, None)
+    with ev.open_log(path) as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            while point is not None and point.end_offset <= offset + len(block):
+                head = digest.copy()
+                head.update(block[: point.end_offset - offset])
+                if head.hexdigest() == point.fingerprint:
+                    previous = point
+                point = next(checkpoints, None)
+            digest.update(block)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                last_newline = offset + newline
+            offset += len(block)
+    partial = last_newline + 1 if last_newline + 1 < offset else None
+    plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial)
+    if previous is not None:
+        plan.continues = previous.fingerprint
+        if previous.partial_from is not None:  # its last line was half-written: read it again
+            plan.start, plan.first_line = previous.partial_from, previous.last_line
+            plan.replaces = (previous.id, previous.last_line)
+        else:
+            plan.start, plan.first_line = previous.end_offset, previous.last_line + 1
+        if previous.end_offset == offset:
+            plan.start = plan.end  # nothing new
+    return plan
 
 
-def _ingest_log(store: st.Store, path: Path, follow: bool, chunk_bytes: int, check=None) -> SourceResult:
+def _ingest_log(store: st.Store, path: Path, chunk_bytes: int, check=None) -> SourceResult:
     name = str(path)
-    if path.suffix == ".gz":
-        digest, end = hashlib.sha256(), 0
-        with ev.open_log(path) as f:  # the decompressed content is what is fingerprinted
-            for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-                digest.update(block)
-                end += len(block)
-        start, first_line = 0, 1
-        fingerprint = digest.hexdigest()
-    else:
-        size = path.stat().st_size
-        start, first_line, digest = 0, 1, None
-        prev = _last_ingest_of(store, name)
-        if prev is not None and size >= prev.end_offset:
-            prefix = _sha256(path, 0, prev.end_offset)
-            if prefix.hexdigest() == prev.fingerprint:  # the same log, grown: read only the tail
-                start, first_line, digest = prev.end_offset, prev.last_line + 1, prefix
-        end = _complete_lines_end(path, size) if follow else size
-        if end <= start:
-            return SourceResult(name, "events", "unchanged", first_line=first_line)
-        digest = _sha256(path, start, end, digest)
-        fingerprint = digest.hexdigest()
-    if _seen(store, fingerprint):
-        return SourceResult(name, "events", "skipped")
+    for _attempt in range(5):  # another ingest may take the same tail meanwhile: plan again
+        try:
+            plan = _plan_log(store, path)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise formats.InputError(path, f"cannot be read ({exc})") from None
+        if plan.end <= plan.start:
+            return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
+        if _seen(store, plan.fingerprint):
+            return SourceResult(name, "events", "skipped")
 
-    def pieces() -> Iterator[ev.ParsedEvents]:
-        with ev.open_log(path) as f:
-            if start:
-                f.seek(start)
-            yield from ev.parse_stream(_Limited(f, end - start), name, chunk_bytes, first_line)
+        def pieces() -> Iterator[ev.ParsedEvents]:
+            with ev.open_log(path) as f:
+                if plan.start:
+                    f.seek(plan.start)
+                yield from ev.parse_stream(_Limited(f, plan.end - plan.start), name, chunk_bytes, plan.first_line)
 
-    return _commit_log(store, name, fingerprint, pieces(), start, end, first_line, check)
-
-
-def _complete_lines_end(path: Path, size: int) -> int:
-    """Offset just past the last newline (a line still being written is left out)."""
-    with open(path, "rb") as f:
-        pos = size
-        while pos > 0:
-            step = min(1 << 16, pos)
-            f.seek(pos - step)
-            block = f.read(step)
-            i = block.rfind(b"\n")
-            if i >= 0:
-                return pos - step + i + 1
-            pos -= step
-    return 0
+        try:
+            return _commit_log(store, name, plan, pieces(), check)
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"{name}: could not ingest after 5 attempts (other ingests kept taking its tail)")
 
 
 class _Limited:
@@ -216,47 +231,64 @@ def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=Non
     """Standard input in batches, each its own source, so a long-running pipe commits as it goes."""
     results, offset = [], 0
     for data, first_line in ev.iter_chunks(stream, chunk_bytes):
-        fingerprint = hashlib.sha256(data).hexdigest()
-        if _seen(store, fingerprint):
+        plan = _LogPlan(offset, offset + len(data), first_line, hashlib.sha256(data).hexdigest())
+        if _seen(store, plan.fingerprint):
             results.append(SourceResult("-", "events", "skipped", first_line=first_line))
         else:
-            parsed = iter([ev.parse_bytes(data, "-", first_line)])
-            results.append(_commit_log(store, "-", fingerprint, parsed, offset, offset + len(data), first_line, check))
+            try:
+                results.append(_commit_log(store, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]), check))
+            except IntegrityError:  # the same batch committed meanwhile by another run
+                results.append(SourceResult("-", "events", "skipped", first_line=first_line))
         offset += len(data)
     return results
 
 
-def _commit_log(store: st.Store, name: str, fingerprint: str, pieces: Iterable[ev.ParsedEvents],
-                start: int, end: int, first_line: int, check=None) -> SourceResult:
-    """Store the parsed pieces of bytes [start, end) of a log as one source, in one transaction."""
-    result = SourceResult(name, "events", "ingested", first_line=first_line,
+def _commit_log(store: st.Store, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
+                check=None) -> SourceResult:
+    """Store the parsed pieces of bytes [start, end) of a log as one source, in one transaction
+    (an IntegrityError means another run committed this content or tail meanwhile)."""
+    result = SourceResult(name, "events", "ingested", first_line=plan.first_line,
                           stored={k: 0 for k in EVENT_KINDS})
-    try:
-        with store.transaction() as conn:
-            source_id = _open_source(store, conn, "events", name, fingerprint, start, first_line)
-            keys: dict[str, int] = {}
-            span = 0
-            for parsed in pieces:
-                if check is not None:
-                    parsed = check(parsed, name)
-                _store_events(store, conn, source_id, parsed, keys)
-                for kind in EVENT_KINDS:
-                    result.stored[kind] += parsed.counts[kind]
-                result.items += len(parsed.items)
-                result.quarantined += len(parsed.rejects)
-                result.lines += parsed.lines
-                span += parsed.span
-            _close_source(conn, source_id, result, end, first_line + span - 1)
-    except IntegrityError:
-        if _seen(store, fingerprint):  # another run committed the same content meanwhile
-            return SourceResult(name, "events", "skipped")
-        raise
+    with store.transaction() as conn:
+        source_id = _open_source(store, conn, "events", name, plan.fingerprint, plan.start, plan.first_line,
+                                 continues=plan.continues, partial_from=plan.partial_from)
+        if plan.replaces is not None:
+            _forget_line(conn, *plan.replaces)
+        keys: dict[str, int] = {}
+        span, last_time = 0, None
+        for parsed in pieces:
+            if check is not None:
+                parsed = check(parsed, name)
+            last_time = _store_events(store, conn, source_id, parsed, keys, last_time)
+            for kind in EVENT_KINDS:
+                result.stored[kind] += parsed.counts[kind]
+            result.items += len(parsed.items)
+            result.quarantined += len(parsed.rejects)
+            result.lines += parsed.lines
+            span += parsed.span
+        _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
     result.source_id = source_id
     return result
 
 
+def _forget_line(conn: Connection, source_id: int, line: int) -> None:
+    """Remove what a half-written line left behind (it is read again, whole)."""
+    match = {"s": source_id, "l": line}
+    watched = conn.execute(select(st.watches.c.user_id, st.watches.c.time, st.watches.c.movie_key).where(
+        st.watches.c.source_id == source_id, st.watches.c.line == line)).first()
+    if watched is not None:
+        key = {"u": watched.user_id, "h": pd.Timestamp(watched.time).value // 3_600_000_000_000, "m": watched.movie_key}
+        conn.execute(text("UPDATE watch_hours SET minutes = minutes - 1 WHERE user_id = :u AND hour = :h "
+                          "AND movie_key = :m"), key)
+        conn.execute(text("DELETE FROM watch_hours WHERE minutes <= 0"))
+        # watch_spans need nothing: a fragment that parsed as a watch was cut in its minute, so
+        # the whole line has the same user, movie and time.
+    for table in ("watches", "ratings", "recommendations", "recommendation_items", "quarantine"):
+        conn.execute(text(f"DELETE FROM {table} WHERE source_id = :s AND line = :l"), match)
+
+
 def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
-    fingerprint = _sha256(path, 0, path.stat().st_size).hexdigest()
+    fingerprint = _sha256(path).hexdigest()
     if _seen(store, fingerprint):
         return SourceResult(str(path), kind, "skipped")
     reader = formats.read_users_csv if kind == "users" else formats.read_movies_csv
@@ -280,7 +312,7 @@ def _ingest_movielens(store: st.Store, path: Path) -> SourceResult:
     digest = hashlib.sha256()
     for f in data.files:
         digest.update(f.name.encode() + b"\0")
-        _sha256(f, 0, f.stat().st_size, digest)
+        _sha256(f, digest)
     fingerprint = digest.hexdigest()
     if _seen(store, fingerprint):
         return SourceResult(str(path), "movielens", "skipped")
@@ -303,10 +335,11 @@ def _ingest_movielens(store: st.Store, path: Path) -> SourceResult:
 # -- writing -----------------------------------------------------------------------------------
 
 def _open_source(store: st.Store, conn: Connection, kind: str, name: str, fingerprint: str,
-                 start: int, first_line: int) -> int:
+                 start: int, first_line: int, continues: str | None = None, partial_from: int | None = None) -> int:
     """Record the source first: on SQLite this takes the write lock before keys are read."""
     source_id = conn.execute(insert(st.ingested_sources).values(
         kind=kind, name=name, fingerprint=fingerprint, start_offset=start, end_offset=start,
+        continues=continues, partial_from=partial_from,
         first_line=first_line, last_line=first_line - 1, lines=0, stored="{}", quarantined=0,
         ingested_at=pd.Timestamp.now("UTC").tz_localize(None),
     ).returning(st.ingested_sources.c.id)).scalar_one()
@@ -329,12 +362,25 @@ def _keys_for(store: st.Store, conn: Connection, movie_id: pd.Series, keys: dict
     return store.movie_keys(conn, list(cat.categories), keys)[cat.codes.to_numpy()]
 
 
-def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.ParsedEvents, keys: dict) -> None:
+def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.ParsedEvents, keys: dict,
+                  last_time=None):
+    """Store one parsed piece of a log; returns the time of its last event (or `last_time`),
+    which dates the malformed lines at the start of the next piece."""
     _store_ratings(store, conn, source_id, parsed.ratings, keys)
     w = parsed.watches
+    movie_keys = _keys_for(store, conn, w["movie_id"], keys)
     store.insert(conn, st.watches, pd.DataFrame({
         "source_id": source_id, "line": w["line"], "time": w["time"], "user_id": w["user_id"],
-        "movie_key": _keys_for(store, conn, w["movie_id"], keys), "minute": w["minute"]}))
+        "movie_key": movie_keys, "minute": w["minute"]}))
+    hours = pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys,
+                          "hour": w["time"].to_numpy(dtype="datetime64[h]").astype(np.int64)})
+    rollup = hours.groupby(["user_id", "hour", "movie_key"]).size().rename("minutes").reset_index()
+    store.upsert(conn, st.watch_hours, rollup, key=["user_id", "hour", "movie_key"], combine={"minutes": "add"})
+    spans = pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys, "time": w["time"].to_numpy(),
+                          "quarter": w["time"].to_numpy().astype("datetime64[s]").astype(np.int64) // st.SPAN_SECONDS})
+    spans = spans.groupby(["user_id", "quarter", "movie_key"])["time"].agg(first_at="min", last_at="max").reset_index()
+    store.upsert(conn, st.watch_spans, spans, key=["user_id", "quarter", "movie_key"],
+                 combine={"first_at": "min", "last_at": "max"})
     r = parsed.recommendations
     store.insert(conn, st.recommendations, pd.DataFrame({
         "source_id": source_id, "line": r["line"], "time": r["time"], "user_id": r["user_id"],
@@ -344,7 +390,7 @@ def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.
     store.insert(conn, st.recommendation_items, pd.DataFrame({
         "source_id": source_id, "line": i["line"], "rank": i["rank"],
         "movie_key": _keys_for(store, conn, i["movie_id"], keys)}))
-    _store_rejects(store, conn, source_id, parsed.rejects, parsed)
+    return _store_rejects(store, conn, source_id, parsed.rejects, parsed, last_time)
 
 
 def _store_ratings(store: st.Store, conn: Connection, source_id: int, ratings: pd.DataFrame, keys: dict) -> None:
@@ -366,20 +412,25 @@ def _store_movies(store: st.Store, conn: Connection, source_id: int, movies: pd.
 
 
 def _store_rejects(store: st.Store, conn: Connection, source_id: int, rejects: pd.DataFrame,
-                   parsed: ev.ParsedEvents | None = None) -> None:
+                   parsed: ev.ParsedEvents | None = None, last_time=None):
     frame = pd.DataFrame({"source_id": source_id, "file": rejects["source"], "line": rejects["line"],
                           "raw": rejects["raw"], "reason": rejects["reason"]})
     if parsed is not None:
-        frame["near_time"] = _near_times(parsed, rejects["line"].to_numpy())
+        frame["near_time"], last_time = _near_times(parsed, rejects["line"].to_numpy(), last_time)
     store.insert(conn, st.quarantine, frame)
+    return last_time
 
 
-def _near_times(parsed: ev.ParsedEvents, lines: np.ndarray) -> pd.Series:
-    """For each rejected line, the time of the nearest earlier event of the piece (or the first
-    event after it when none is earlier)."""
+def _near_times(parsed: ev.ParsedEvents, lines: np.ndarray, before=None) -> tuple[np.ndarray, object]:
+    """When each rejected line happened, as far as a time-ordered log tells: the time of the
+    nearest earlier event of the source (`before` carries it across pieces), else of the first
+    event after it, else the time of ingestion. Also the time of the piece's last event."""
     events = pd.concat([parsed.watches[["line", "time"]], parsed.ratings[["line", "time"]],
                         parsed.recommendations[["line", "time"]]]).sort_values("line")
     if events.empty:
-        return pd.Series(pd.NaT, index=range(len(lines)), dtype="datetime64[ns]")
-    i = np.clip(np.searchsorted(events["line"].to_numpy(), lines) - 1, 0, len(events) - 1)
-    return pd.Series(events["time"].to_numpy()[i])
+        fallback = before if before is not None else pd.Timestamp.now("UTC").tz_localize(None).to_datetime64()
+        return np.full(len(lines), fallback, dtype="datetime64[ns]"), before
+    times, event_lines = events["time"].to_numpy(), events["line"].to_numpy()
+    i = np.searchsorted(event_lines, lines) - 1
+    earlier = np.where(i >= 0, times[np.maximum(i, 0)], before if before is not None else times[0])
+    return earlier.astype("datetime64[ns]"), times[-1]

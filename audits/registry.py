@@ -10,6 +10,10 @@ from typing import Callable
 
 AUDITS: dict[str, str] = {
     "validation": "audits.validation:audit",
+    "drift": "audits.drift:audit",
+    "fairness": "audits.fairness:audit",
+    "feedback": "audits.feedback:audit",
+    "online": "audits.online:audit",
 }
 
 

@@ -47,7 +47,7 @@ class AuditResult:
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.findings and self.status == "ok":
+        if self.status == "ok" and any(f.severity != "info" for f in self.findings):
             self.status = "findings"
 
     @property

@@ -29,6 +29,7 @@ class AuditContext:
     config: dict
     run_id: int
     out_dir: Path
+    reference: tuple[pd.Timestamp, pd.Timestamp] | None = None  # a reference window given by the user
 
     @cached_property
     def window(self) -> Window:
@@ -67,7 +68,8 @@ def parse_duration(text: str) -> pd.Timedelta:
 
 def default_window(store: Store, length: str, since=None, until=None) -> tuple[pd.Timestamp, pd.Timestamp]:
     """[since, until): the bounds given; a missing `until` is `since` + `length`, or without
-    either, the `length` that ends with the latest stored event (included)."""
+    either, the `length` that ends at the top of the hour after the latest stored event (whole
+    hours let audits read the hourly rollups)."""
     span = parse_duration(length)
     if until is None and since is not None:
         until = pd.Timestamp(since) + span
@@ -75,7 +77,7 @@ def default_window(store: Store, length: str, since=None, until=None) -> tuple[p
         latest = store.latest_event_time()
         if latest is None:
             raise LookupError("no events stored: ingest some first")
-        until = latest.floor("s") + pd.Timedelta(seconds=1)
+        until = latest.floor("h") + pd.Timedelta(hours=1)
     until = pd.Timestamp(until)
     since = pd.Timestamp(since) if since is not None else until - span
     if since >= until:
@@ -83,8 +85,10 @@ def default_window(store: Store, length: str, since=None, until=None) -> tuple[p
     return since, until
 
 
-def run(store: Store, since, until, config: dict, only: list[str] | None = None, out: str | Path = "reports") -> Run:
-    """Run the audits (all registered, or `only`) over [since, until), record and write them."""
+def run(store: Store, since, until, config: dict, only: list[str] | None = None, out: str | Path = "reports",
+        reference: tuple | None = None) -> Run:
+    """Run the audits (all registered, or `only`) over [since, until), record and write them.
+    `reference` is the window drift compares with, when not the configured one."""
     names = only or list(registry.AUDITS)
     unknown = [n for n in names if n not in registry.AUDITS]
     if unknown:
@@ -92,7 +96,8 @@ def run(store: Store, since, until, config: dict, only: list[str] | None = None,
     run_id = store.start_run(since, until, names)
     result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=Path(out) / "runs" / str(run_id))
     result.path.mkdir(parents=True, exist_ok=True)
-    ctx = AuditContext(store, result.since, result.until, config, run_id, result.path)
+    ctx = AuditContext(store, result.since, result.until, config, run_id, result.path,
+                       tuple(pd.Timestamp(t) for t in reference) if reference else None)
     for name in names:
         started = time.perf_counter()
         try:
@@ -104,6 +109,7 @@ def run(store: Store, since, until, config: dict, only: list[str] | None = None,
                                                     f"the {name} audit could not run: {error}", kind="audit_errored")])
         outcome.seconds = time.perf_counter() - started
         result.results[name] = outcome
-    (result.path / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    store.finish_run(run_id, result.status, result.path, result.results)
+    document = result.to_dict()
+    (result.path / "results.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    store.finish_run(run_id, document, result.path)
     return result

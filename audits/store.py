@@ -84,6 +84,10 @@ ingested_sources = Table(
     Column("kind", String(16), nullable=False),  # events, users, movies, movielens
     Column("name", Text, nullable=False),  # the path as given, or "-" for standard input
     Column("fingerprint", String(64), nullable=False, unique=True),  # sha256 of the content up to end_offset
+    # A log that grew is ingested as tails, each continuing the content its predecessor's
+    # fingerprint names; unique, so that two concurrent ingests cannot both read one tail.
+    Column("continues", String(64), unique=True),
+    Column("partial_from", BigInteger),  # where an unterminated last line starts (re-read when the log grows)
     Column("start_offset", BigInteger, nullable=False, default=0),
     Column("end_offset", BigInteger, nullable=False),
     Column("first_line", BigInteger, nullable=False, default=1),
@@ -92,6 +96,35 @@ ingested_sources = Table(
     Column("stored", Text, nullable=False),  # JSON counts by kind
     Column("quarantined", BigInteger, nullable=False),
     Column("ingested_at", UTCTime, nullable=False),
+)
+
+watch_hours = Table(
+    # Minutes watched per user, hour and movie, kept up to date by ingestion in the same
+    # transaction as the watches: distribution audits read ~200 k rows a day from it instead of
+    # grouping 8 M watches.
+    "watch_hours", metadata,
+    Column("user_id", BigInteger, nullable=False),
+    Column("hour", Integer, nullable=False),  # hours since 1970-01-01 (UTC)
+    Column("movie_key", Integer, nullable=False),
+    Column("minutes", Integer, nullable=False),
+    PrimaryKeyConstraint("user_id", "hour", "movie_key"),
+    Index("watch_hours_hour", "hour"),
+)
+
+SPAN_SECONDS = 900  # watch_spans' bucket: a quarter of an hour
+
+watch_spans = Table(
+    # The first and last watch per user, movie and quarter hour, kept up to date by ingestion:
+    # "was movie m watched in (t, t + 15 min]?" has the same answer from these ~10x fewer rows
+    # (a bucket no wider than the span cannot hold a watch inside it without one of its ends).
+    "watch_spans", metadata,
+    Column("user_id", BigInteger, nullable=False),
+    Column("quarter", Integer, nullable=False),  # quarter hours since 1970-01-01 (UTC)
+    Column("movie_key", Integer, nullable=False),
+    Column("first_at", UTCTime, nullable=False),
+    Column("last_at", UTCTime, nullable=False),
+    PrimaryKeyConstraint("user_id", "quarter", "movie_key"),
+    Index("watch_spans_quarter", "quarter"),
 )
 
 movie_keys = Table(
@@ -194,6 +227,7 @@ audit_runs = Table(
     Column("audits", Text, nullable=False),  # the audits asked for, comma-separated
     Column("status", String(16), nullable=False),  # running, ok, findings, critical, errored
     Column("path", Text),  # where results.json and the page were written
+    Column("results", Text),  # the run's results.json, so that pages can be rendered again from here
 )
 
 audit_results = Table(
@@ -227,6 +261,48 @@ findings = Table(
     Column("threshold", Float),
     Column("fingerprint", String(32), nullable=False),
     Index("findings_run", "run_id"),
+)
+
+# Alerts: an outbox written in the run's wake, and one delivery row per alert and webhook, so
+# that a receiver that is down gets every alert once it is back.
+alerts = Table(
+    "alerts", metadata,
+    Column("id", String(32), primary_key=True),  # also the idempotency key receivers see
+    Column("created_at", UTCTime, nullable=False),
+    Column("run_id", Integer, nullable=False),
+    Column("condition", String(255), nullable=False),  # the rule name, or the finding's fingerprint
+    Column("status", String(16), nullable=False),  # firing, resolved
+    Column("severity", String(16), nullable=False),
+    Column("payload", Text, nullable=False),  # the JSON body every webhook receives
+)
+
+alert_deliveries = Table(
+    "alert_deliveries", metadata,
+    Column("alert_id", String(32), nullable=False),
+    Column("webhook", String(64), nullable=False),  # the webhook's name in recaudit.toml
+    Column("status", String(16), nullable=False),  # pending, delivered
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCTime, nullable=False),
+    Column("delivered_at", UTCTime),
+    Column("last_error", Text),
+    PrimaryKeyConstraint("alert_id", "webhook"),
+)
+
+open_conditions = Table(  # conditions that fired and have not yet resolved: not sent again
+    "open_conditions", metadata,
+    Column("condition", String(255), primary_key=True),
+    Column("alert_id", String(32), nullable=False),
+    Column("opened_run_id", Integer, nullable=False),
+)
+
+job_runs = Table(  # every scheduled job's run and its outcome
+    "job_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(32), nullable=False),
+    Column("started_at", UTCTime, nullable=False),
+    Column("finished_at", UTCTime),
+    Column("status", String(16), nullable=False),  # running, ok, failed
+    Column("detail", Text),  # what it did, or the error with its traceback
 )
 
 EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}
@@ -277,6 +353,16 @@ class Store:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Columns added since a database was created: added in place, empty."""
+        from sqlalchemy import inspect
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("audit_runs")}
+        if "results" not in have:
+            with self.transaction() as conn:
+                conn.execute(text("ALTER TABLE audit_runs ADD COLUMN results TEXT"))
 
     @property
     def dialect(self) -> str:
@@ -306,25 +392,33 @@ class Store:
             conn.exec_driver_sql(sql, list(zip(*values)))
         return len(df)
 
-    def upsert(self, conn: Connection, table: Table, df: pd.DataFrame, key: str) -> int:
-        """Insert rows, replacing those whose `key` already exists."""
+    def upsert(self, conn: Connection, table: Table, df: pd.DataFrame, key: str | list[str],
+               combine: dict[str, str] | None = None) -> int:
+        """Insert rows; a row whose `key` exists is replaced, except the columns of `combine`,
+        which are combined with what is stored: "add", "min" or "max" (a rollup)."""
         if df.empty:
             return 0
         cols = list(df.columns)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+        keys = [key] if isinstance(key, str) else list(key)
+        least, greatest = ("min", "max") if self.dialect == "sqlite" else ("LEAST", "GREATEST")
+        how = {"add": "{t}.{c} + excluded.{c}", "min": least + "({t}.{c}, excluded.{c})",
+               "max": greatest + "({t}.{c}, excluded.{c})"}
+        combine = combine or {}
+        updates = ", ".join(f"{c} = " + (how[combine[c]].format(t=table.name, c=c) if c in combine
+                                         else f"excluded.{c}") for c in cols if c not in keys)
+        conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
         if self.dialect == "postgresql":
             staging = f"staging_{table.name}"
             conn.exec_driver_sql(f"CREATE TEMP TABLE {staging} (LIKE {table.name})")
             _pg_copy(conn, staging, df, [table.c[c].type for c in cols])
             conn.exec_driver_sql(
-                f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {staging} "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+                f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {staging} {conflict}")
             conn.exec_driver_sql(f"DROP TABLE {staging}")
         else:
             values = [_sqlite_values(df[c], table.c[c].type) for c in cols]
             conn.exec_driver_sql(
-                f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}", list(zip(*values)))
+                f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) {conflict}",
+                list(zip(*values)))
         return len(df)
 
     def lock_for_ingest(self, conn: Connection) -> None:
@@ -438,23 +532,177 @@ class Store:
                 until=pd.Timestamp(until), audits=",".join(audits), status="running",
             ).returning(audit_runs.c.id)).scalar_one()
 
-    def finish_run(self, run_id: int, status: str, path, results: dict) -> None:
-        """Record each audit's status, metrics and findings, and close the run, in one transaction."""
+    def finish_run(self, run_id: int, document: dict, path) -> None:
+        """Record each audit's status, metrics and findings, and close the run, in one
+        transaction; `document` is the run's results.json."""
         with self.transaction() as conn:
-            for name, r in results.items():
-                conn.execute(audit_results.insert().values(run_id=run_id, audit=name, status=r.status,
-                                                           error=r.error, seconds=r.seconds))
-                rows = r.to_dict()
-                if rows["metrics"]:
+            for name, a in document["audits"].items():
+                conn.execute(audit_results.insert().values(run_id=run_id, audit=name, status=a["status"],
+                                                           error=a["error"], seconds=a["seconds"]))
+                if a["metrics"]:
                     conn.execute(metrics.insert(), [{"run_id": run_id, "key": k, "value": v}
-                                                    for k, v in rows["metrics"].items()])
-                if rows["findings"]:
+                                                    for k, v in a["metrics"].items()])
+                if a["findings"]:
                     conn.execute(findings.insert(), [
                         {"run_id": run_id, **{k: f[k] for k in ("audit", "key", "kind", "severity", "message",
                                                                  "value", "threshold", "fingerprint")}}
-                        for f in rows["findings"]])
+                        for f in a["findings"]])
             conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
-                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=status, path=str(path)))
+                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=document["status"], path=str(path),
+                results=json.dumps(document, default=str)))
+
+    def runs(self) -> list[dict]:
+        """Every finished run, newest first: id, since, until, status, started_at, path and its
+        results.json document."""
+        query = (select(audit_runs).where(audit_runs.c.finished_at.is_not(None))
+                 .order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "path")},
+                 "document": json.loads(row["results"]) if row["results"] else None} for row in rows]
+
+    def latest_metrics(self) -> pd.DataFrame:
+        """(key, value, run_id, until): every metric key's value in the latest finished run that
+        recorded it."""
+        query = (select(metrics.c.key, metrics.c.value, audit_runs.c.id, audit_runs.c.until)
+                 .join(audit_runs, metrics.c.run_id == audit_runs.c.id).where(audit_runs.c.finished_at.is_not(None))
+                 .order_by(audit_runs.c.until, audit_runs.c.id))
+        with self.engine.connect() as conn:
+            df = pd.DataFrame(conn.execute(query).all(), columns=["key", "value", "run_id", "until"])
+        return df.drop_duplicates("key", keep="last").reset_index(drop=True)
+
+    def start_job(self, job: str) -> int:
+        with self.transaction() as conn:
+            return conn.execute(job_runs.insert().values(job=job, started_at=pd.Timestamp.now("UTC").tz_localize(None),
+                                                         status="running").returning(job_runs.c.id)).scalar_one()
+
+    def finish_job(self, run_id: int, status: str, detail: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(job_runs.update().where(job_runs.c.id == run_id).values(
+                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=status, detail=detail))
+
+    def job_outcomes(self) -> pd.DataFrame:
+        """(job, status, n): how many runs of each job ended each way."""
+        query = select(job_runs.c.job, job_runs.c.status, func.count()).group_by(job_runs.c.job, job_runs.c.status)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).all(), columns=["job", "status", "n"])
+
+    def metric_series(self, keys: list[str]) -> pd.DataFrame:
+        """(run_id, until, key, value) of the given keys over every finished run, oldest first."""
+        query = (select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
+                 .join(metrics, metrics.c.run_id == audit_runs.c.id)
+                 .where(metrics.c.key.in_(keys), audit_runs.c.finished_at.is_not(None))
+                 .order_by(audit_runs.c.until, audit_runs.c.id))
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).all(), columns=["run_id", "until", "key", "value"])
+
+    # -- aggregates for the audits: distributions at millions of events, computed in the database
+
+    def value_counts(self, table: str, column: str, since, until, where: str = "") -> pd.DataFrame:
+        """(value, n) of one column of an event table in the window (`where`: an extra clause)."""
+        clause, params = _time_filter(since, until, self.dialect)
+        extra = f" AND {where}" if where and clause else (f" WHERE {where}" if where else "")
+        return self._frame(f"SELECT {column} AS value, count(*) AS n FROM {table} {clause}{extra} "
+                           f"GROUP BY {column} ORDER BY {column}", params)
+
+    def _day(self) -> str:
+        """The day of an event's time, as SQL (per-day aggregates do not depend on window length)."""
+        return "time / 86400000000" if self.dialect == "sqlite" else "CAST(date_trunc('day', time) AS date) - DATE '1970-01-01'"
+
+    def per_user_day(self, table: str, since, until) -> pd.DataFrame:
+        """(user_id, day, n): events of a table per user and day in the window."""
+        clause, params = _time_filter(since, until, self.dialect)
+        return self._frame(f"SELECT user_id, {self._day()} AS day, count(*) AS n FROM {table} {clause} "
+                           "GROUP BY 1, 2 ORDER BY 1, 2", params, fixed=True)
+
+    def watch_sessions(self, since, until) -> pd.DataFrame:
+        """(user_id, day, movie_id, minutes): minutes watched per user, day and movie in the
+        window; from the hourly rollup when the window is whole hours, else from the watches."""
+        hours = _whole_hours(since, until)
+        if hours is not None:
+            df = self._frame("SELECT user_id, hour / 24 AS day, movie_key, sum(minutes) AS minutes FROM watch_hours "
+                             "WHERE hour >= :a AND hour < :b GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                             {"a": hours[0], "b": hours[1]}, fixed=True)
+        else:
+            clause, params = _time_filter(since, until, self.dialect)
+            df = self._frame(f"SELECT user_id, {self._day()} AS day, movie_key, count(*) AS minutes FROM watches "
+                             f"{clause} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", params, fixed=True)
+        return self._with_movie_ids(df.astype({"day": np.int64, "minutes": np.int64}))
+
+    def followed_items(self, since, until, horizon: pd.Timedelta) -> pd.DataFrame:
+        """(source_id, line, rank, time, first_at, last_at): each recommended movie of a request
+        in [since, until) that its user watched around then, with the watch spans of that user
+        and movie in the quarter hours from `since` to `until` + `horizon`. Movies never
+        watched are not returned: they cannot make a request succeed."""
+        clause, params = _time_filter(since, until, self.dialect)
+        a = int(pd.Timestamp(since).value // 10**9 // SPAN_SECONDS)
+        b = -(-int((pd.Timestamp(until) + horizon).value // 10**9) // SPAN_SECONDS)
+        sql = ("SELECT i.source_id, i.line, i.rank, r.time, s.first_at, s.last_at FROM recommendation_items i "
+               "JOIN recommendations r ON r.source_id = i.source_id AND r.line = i.line "
+               "JOIN watch_spans s ON s.user_id = r.user_id AND s.movie_key = i.movie_key "
+               f"AND s.quarter >= :qa AND s.quarter < :qb {clause.replace('time', 'r.time')}")
+        return self._frame(sql, {**params, "qa": a, "qb": b}, fixed=True)
+
+    def recommended_counts(self, since, until) -> pd.DataFrame:
+        """(movie_id, n): how often each movie was recommended in the window."""
+        clause, params = _time_filter(since, until, self.dialect)
+        df = self._frame("SELECT i.movie_key, count(*) AS n FROM recommendation_items i JOIN recommendations r "
+                         f"ON r.source_id = i.source_id AND r.line = i.line {clause.replace('time', 'r.time')} "
+                         "GROUP BY i.movie_key ORDER BY i.movie_key", params, fixed=True)
+        return self._with_movie_ids(df)
+
+    def rated_counts(self, since, until) -> pd.DataFrame:
+        """(movie_id, n): how often each movie was rated in the window."""
+        clause, params = _time_filter(since, until, self.dialect)
+        return self._with_movie_ids(self._frame(f"SELECT movie_key, count(*) AS n FROM ratings {clause} "
+                                                "GROUP BY movie_key ORDER BY movie_key", params, fixed=True))
+
+    def recommended_counts_by_user(self, since, until) -> pd.DataFrame:
+        """(age, age_group, gender, movie_id, n): recommendations of each movie in the window
+        by the attributes of the users they were made to (missing for unknown users)."""
+        clause, params = _time_filter(since, until, self.dialect)
+        df = self._frame("SELECT u.age, u.age_group, u.gender, i.movie_key, count(*) AS n FROM recommendation_items i "
+                         "JOIN recommendations r ON r.source_id = i.source_id AND r.line = i.line "
+                         "LEFT JOIN users u ON u.user_id = r.user_id "
+                         f"{clause.replace('time', 'r.time')} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", params)
+        df = df.astype({"age_group": object, "gender": object, "n": np.int64})
+        return self._with_movie_ids(df.astype({"movie_key": np.int64}))
+
+    def metric_history(self, keys: list[str], until, limit: int) -> pd.DataFrame:
+        """(run_id, until, key, value) of the latest `limit` finished runs whose window ends
+        before `until` and that recorded any of `keys`, one run per window end (the latest)."""
+        df = self.metric_series(keys)
+        df = df[df["until"] < pd.Timestamp(until)]
+        if df.empty:
+            return df
+        df = df[df["run_id"] == df.groupby("until")["run_id"].transform("max")]
+        ends = np.sort(df["until"].unique())[-limit:] if limit > 0 else []
+        return df[df["until"].isin(ends)].reset_index(drop=True)
+
+    def active_user_days(self, since, until) -> pd.DataFrame:
+        """Every user active (any event) on a day of the window, one row per user and day, with
+        the user's attributes (missing for users not in the users table)."""
+        clause, params = _time_filter(since, until, self.dialect)
+        parts = [f"SELECT user_id, {self._day()} AS day FROM {t} {clause}" for t in ("ratings", "recommendations")]
+        hours = _whole_hours(since, until)
+        if hours is not None:
+            parts.append("SELECT user_id, hour / 24 AS day FROM watch_hours WHERE hour >= :a AND hour < :b")
+            params = {**params, "a": hours[0], "b": hours[1]}
+        else:
+            parts.append(f"SELECT user_id, {self._day()} AS day FROM watches {clause}")
+        df = self._frame("SELECT a.user_id, a.day, u.age, u.age_group, u.gender, u.occupation FROM "
+                         f"(SELECT DISTINCT user_id, day FROM ({' UNION '.join(parts)}) x) a "
+                         "LEFT JOIN users u ON u.user_id = a.user_id ORDER BY a.user_id, a.day", params)
+        return df.astype({"day": np.int64, "age_group": object, "gender": object, "occupation": object})
+
+    def model_metadata(self, model_id: str | None = None) -> dict | None:
+        """The recorded metadata of a model (the newest when no id is given)."""
+        query = select(models.c.metadata)
+        query = query.where(models.c.id == model_id) if model_id else query.order_by(
+            models.c.created_at.desc(), models.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return json.loads(row[0]) if row else None
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -495,7 +743,7 @@ _INT_COLUMNS = {"source_id", "line", "user_id", "movie_key", "minute", "rating",
 
 def _typed(df: pd.DataFrame, dialect: str) -> pd.DataFrame:
     for c in df.columns:
-        if c == "time":
+        if c in ("time", "first_at", "last_at"):
             if dialect == "sqlite":
                 df[c] = df[c].to_numpy(dtype=np.int64).astype("datetime64[us]").astype("datetime64[ns]")
             else:
@@ -505,6 +753,16 @@ def _typed(df: pd.DataFrame, dialect: str) -> pd.DataFrame:
         elif c in ("age", "year"):
             df[c] = df[c].astype("Int64")
     return df
+
+
+def _whole_hours(since, until) -> tuple[int, int] | None:
+    """The window as [first hour, last hour) since 1970 when both ends are whole hours."""
+    if since is None or until is None:
+        return None
+    a, b = pd.Timestamp(since), pd.Timestamp(until)
+    if a != a.floor("h") or b != b.floor("h"):
+        return None
+    return a.value // 3_600_000_000_000, b.value // 3_600_000_000_000
 
 
 def _time_filter(since, until, dialect: str) -> tuple[str, dict]:
@@ -525,7 +783,9 @@ def _python_values(series: pd.Series, type_) -> list:
     """A column as Python values for a driver: ints, strings or None; times in the storage form
     of the dialect (SQLite: microseconds; PostgreSQL: datetime)."""
     if isinstance(type_, UTCTime):
-        return (series.to_numpy(dtype="datetime64[ns]").astype(np.int64) // 1000).tolist()
+        times = series.to_numpy(dtype="datetime64[ns]")
+        micros = (times.astype(np.int64) // 1000).tolist()
+        return [None if missing else v for v, missing in zip(micros, np.isnat(times))]
     return [None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v
             for v in series.astype(object).tolist()]
 
@@ -537,7 +797,7 @@ def _sqlite_values(series: pd.Series, type_) -> list:
 
 
 _PG_FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "timestamp": ">i8"}
-_PG_OIDS = {21: ">i2", 23: ">i4", 20: ">i8", 1114: "timestamp"}
+_PG_OIDS = {21: ">i2", 23: ">i4", 20: ">i8", 1114: "timestamp"}  # int2, int4, int8, timestamp
 
 
 def _pg_kind(type_) -> str:

@@ -28,6 +28,7 @@ from recsys import formats, movielens
 
 DATASETS = ("log", "watches", "ratings", "recommendations", "users", "movies")
 EXAMPLES = 5
+QUARANTINED_BY = "failed expectation "  # the quarantine reason of events ingest --validate moved out
 
 
 @dataclass
@@ -222,9 +223,10 @@ def _outcome(dataset: str, expectation: dict, res, frame=None, params=None, rows
     if res is None:
         return out
     r = res.result or {}
-    if res.exception_info and res.exception_info.get("raised_exception"):
+    error = _raised(res.exception_info)
+    if error is not None:
         out.success = False
-        out.message = f"could not be checked: {res.exception_info.get('exception_message', '').splitlines()[0]}"
+        out.message = f"could not be checked: {error}"
         return out
     out.success = bool(res.success)
     out.unexpected_count = r.get("unexpected_count")
@@ -241,6 +243,20 @@ def _outcome(dataset: str, expectation: dict, res, frame=None, params=None, rows
         out.message = _message(meta, expectation, r, params or {}) + (
             f"; examples: {', '.join(map(str, out.examples))}" if out.examples else "")
     return out
+
+
+def _raised(info) -> str | None:
+    """The first error GX reports for an expectation (flat, or nested by metric), if any."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        message = (info.get("exception_message") or "an error").strip().splitlines()
+        return message[0] if message else "an error"
+    for value in info.values():
+        found = _raised(value)
+        if found is not None:
+            return found
+    return None
 
 
 def _examples(result: dict, frame: pd.DataFrame) -> list[str]:
@@ -285,7 +301,7 @@ def quarantine_failing(parsed: ev.ParsedEvents, source: str, params: dict, direc
     for o in run_suites(frames, params, directory, rows=True, quarantine_only=True):
         if o.success is False and o.rows is not None:
             for position in o.rows.tolist():
-                reasons.setdefault(o.dataset, {}).setdefault(position, f"failed expectation {o.dataset}.{o.name}")
+                reasons.setdefault(o.dataset, {}).setdefault(position, f"{QUARANTINED_BY}{o.dataset}.{o.name}")
     if not reasons:
         return parsed
     kept, rejects = {}, [parsed.rejects]
@@ -335,9 +351,22 @@ def audit(ctx) -> AuditResult:
     catalog = set(window.movies["movie_id"].astype(str)) if len(window.movies) else None
     # Lines quarantined at ingestion have no time: those of the sources this window's events
     # came from stand for the window's malformed lines.
+    quarantined = ctx.store.quarantine_of_window(ctx.since, ctx.until)
+    if not (len(window.watches) or len(window.ratings) or len(window.recommendations) or len(quarantined)):
+        return AuditResult("validation", status="insufficient_data",
+                           details={"note": "no events and no quarantined lines in the window"})
+    # Events `ingest --validate` quarantined failed an expectation, not the log's format.
+    by_rule = quarantined["reason"].str.startswith(QUARANTINED_BY)
     parsed = ev.ParsedEvents(window.watches, window.ratings, window.recommendations, window.items,
-                             ctx.store.quarantine_of_window(ctx.since, ctx.until), lines=0)
+                             quarantined[~by_rule], lines=0)
     frames = {**event_frames(parsed, catalog), **table_frames(window.users if len(window.users) else None,
                                                              window.movies if len(window.movies) else None)}
     params = parameters(ctx.config, ctx.since, ctx.until, catalog)
-    return result(run_suites(frames, params, ctx.config["validation"]["suite_dir"]))
+    out = result(run_suites(frames, params, ctx.config["validation"]["suite_dir"]))
+    for reason, n in quarantined.loc[by_rule, "reason"].value_counts().items():
+        name = reason.removeprefix(QUARANTINED_BY)
+        out.metrics[f"validation.quarantined.{name}"] = float(n)
+        out.findings.append(Finding("validation", f"validation.quarantined.{name}", "info",
+                                    f"{n:,} events failing {name} were quarantined at ingestion", value=float(n),
+                                    kind="quarantined_by_expectation"))
+    return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.memory import peak_mb  # noqa: E402
 
 FIELDS = re.compile(
     r"(?P<time>[^,]+),(?P<user>\d+),(?:GET /data/m/(?P<wm>[^/]+)/(?P<minute>\d+)\.mpg|GET /rate/(?P<rm>[^=]+)="
@@ -81,7 +82,7 @@ def phase(name: str, log: Path, url: str | None) -> dict:
         rows = sum(source.stored.values()) + source.items + source.quarantined
     seconds = time.perf_counter() - t0
     return {"phase": name, "lines": lines, "seconds": seconds, "rows": rows,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mb": peak_mb()}
 
 
 def run_phase(name: str, log: Path, url: str | None, repeat: int) -> dict:

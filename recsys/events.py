@@ -101,12 +101,14 @@ def frame(name: str, **values) -> pd.DataFrame:
 # The reference parser: one line at a time, with reasons.
 
 _TS = r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?"
-TS_RE = re.compile(_TS + r"\Z")
-USER_RE = re.compile(r"\d{1,18}\Z")
-WATCH_RE = re.compile(r"GET /data/m/([^/,\s]+)/(\d{1,9})\.mpg\Z")
-RATE_RE = re.compile(r"GET /rate/([^/,\s]+)=(.*)\Z")
-RATING_RE = re.compile(r"[1-5]\Z")
-REC_RE = re.compile(r"recommendation request ([^,\s]+), status (\d{1,3}), result: (.*), (\d{1,9}) ms\Z", re.S)
+# ASCII only: \d would also take fullwidth or Arabic-Indic digits, which the format does not allow.
+TS_RE = re.compile(_TS + r"\Z", re.ASCII)
+USER_RE = re.compile(r"\d{1,18}\Z", re.ASCII)
+WATCH_RE = re.compile(r"GET /data/m/([^/,\s]+)/(\d{1,9})\.mpg\Z", re.ASCII)
+RATE_RE = re.compile(r"GET /rate/([^/,\s]+)=(.*)\Z", re.ASCII)
+RATING_RE = re.compile(r"[1-5]\Z", re.ASCII)
+REC_RE = re.compile(r"recommendation request ([^,\s]+), status (\d{1,3}), result: (.*), (\d{1,9}) ms\Z",
+                    re.S | re.ASCII)
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
 
 
@@ -577,6 +579,7 @@ def _recommendations(b: _Buffer, rc, e, body, t, user, line_no, slow) -> tuple[p
     piece = lambda i: flat.take(pa.array(np.where(n_parts >= 4, i, first)))  # noqa: E731
     server, status_text, result0, latency_text = piece(first), piece(first + 1), piece(first + 2), piece(first + n_parts - 1)
     keep = (n_parts >= 4) & _matches(status_text, r"status \d{1,3}") & _matches(latency_text, r"\d{1,9} ms")
+    keep &= _np(pc.binary_length(server)) > 0
     keep &= _np(pc.starts_with(result0, "result: "))
     status = _integers(pc.utf8_slice_codeunits(status_text, len("status ")), keep)
     latency = _integers(pc.utf8_slice_codeunits(latency_text, 0, -len(" ms")), keep)

@@ -163,6 +163,8 @@ def detect(path: str | Path) -> str:
         return "users"
     if header == MOVIES_HEADER:
         return "movies"
+    if p.suffix.lower() == ".csv":  # a CSV named so but with another header is a mistake, not a log
+        raise InputError(p, f"expected the header {','.join(USERS_HEADER)} or {','.join(MOVIES_HEADER)}", line=1)
     return "events"
 
 

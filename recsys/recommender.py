@@ -25,6 +25,7 @@ RATING_SCALE = (1, 5)
 HOLDOUT = 0.2  # the most recent share of the time span held out when no cutoff is given
 LIKED = 4  # held-out ratings at least this high are what a good top-20 should contain
 SHORTLIST_MARGIN = 20  # extra candidates re-ranked exactly after the float32 pass
+SHORTLIST_TOLERANCE = 1e-4  # float32 estimates closer than this to the k-th may be out of order
 
 
 @dataclass
@@ -114,11 +115,31 @@ class Model:
         n = min(k + SHORTLIST_MARGIN, approx.shape[1])
         shortlist = np.argpartition(-approx, n - 1, axis=1)[:, :n] if n < approx.shape[1] else \
             np.tile(np.arange(n), (len(rows), 1))
-        exact = (self.global_mean + self.user_bias[rows][:, None] + self.item_bias[shortlist]
-                 + np.einsum("uk,unk->un", u, self.item_factors[shortlist]))
-        exact[~np.isfinite(np.take_along_axis(approx, shortlist, axis=1))] = -np.inf  # seen or unrated
+        if n < approx.shape[1]:  # where float32 cannot tell the shortlist's edge from the k-th: all of them, exactly
+            edge = np.sort(np.take_along_axis(approx, shortlist, axis=1), axis=1)[:, ::-1]
+            close = np.flatnonzero(edge[:, min(k, n) - 1] - edge[:, -1] < SHORTLIST_TOLERANCE)
+            if len(close):
+                return self._top_exact(rows, user_ids, k, close, shortlist, approx)
+        return self._rank(rows, shortlist, approx, k)
+
+    def _top_exact(self, rows, user_ids, k, close, shortlist, approx):
+        """Rank with float64 over every movie for the rows whose float32 shortlist is in doubt."""
+        widened = np.tile(np.arange(approx.shape[1]), (len(rows), 1))
+        best, scores = self._rank(rows, widened, approx, k)
+        fast_rows = np.setdiff1d(np.arange(len(rows)), close)
+        if len(fast_rows):
+            best_fast, scores_fast = self._rank(rows[fast_rows], shortlist[fast_rows], approx[fast_rows], k)
+            best[fast_rows], scores[fast_rows] = best_fast, scores_fast
+        return best, scores
+
+    def _rank(self, rows, candidates, approx, k):
+        """Exact float64 estimates of the candidates, best k first (seen and unrated: -inf)."""
+        u = self.user_factors[rows]
+        exact = (self.global_mean + self.user_bias[rows][:, None] + self.item_bias[candidates]
+                 + np.einsum("uk,unk->un", u, self.item_factors[candidates]))
+        exact[~np.isfinite(np.take_along_axis(approx, candidates, axis=1))] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(shortlist, order, axis=1), np.take_along_axis(exact, order, axis=1)
+        return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
     def predict(self, user_ids, movie_ids) -> tuple[np.ndarray, np.ndarray]:
         """Predicted ratings for (user, movie) pairs, clipped to the rating scale as surprise's
@@ -327,12 +348,10 @@ def evaluate(model: Model, test: pd.DataFrame) -> dict:
             "n": int(len(test)), "cold_start_share": float(cold.mean())}
 
 
-def ranking_quality(top: dict[int, list[str]], test: pd.DataFrame, k: int = 20) -> dict:
-    """Hit rate and NDCG at k against each user's held-out ratings of at least LIKED."""
+def ranking_per_user(top: dict[int, list[str]], test: pd.DataFrame, k: int = 20) -> pd.DataFrame:
+    """(user_id, hit, ndcg) at k for each user of `top` with held-out ratings of at least LIKED."""
     liked = test[test["rating"] >= LIKED].groupby("user_id")["movie_id"].apply(lambda m: set(m.astype(str)))
     users = [u for u in liked.index if u in top]
-    if not users:
-        return {"hit_rate": None, "ndcg": None, "users": 0}
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     hits, ndcgs = [], []
     for u in users:
@@ -340,7 +359,16 @@ def ranking_quality(top: dict[int, list[str]], test: pd.DataFrame, k: int = 20) 
         hits.append(relevant.any())
         ideal = discounts[: min(len(liked[u]), k)].sum()
         ndcgs.append(float(discounts[: len(relevant)][relevant].sum() / ideal))
-    return {"hit_rate": float(np.mean(hits)), "ndcg": float(np.mean(ndcgs)), "users": len(users)}
+    return pd.DataFrame({"user_id": np.array(users, dtype=np.int64), "hit": np.array(hits, dtype=float),
+                         "ndcg": np.array(ndcgs, dtype=float)})
+
+
+def ranking_quality(top: dict[int, list[str]], test: pd.DataFrame, k: int = 20) -> dict:
+    """Hit rate and NDCG at k against each user's held-out ratings of at least LIKED."""
+    per_user = ranking_per_user(top, test, k)
+    if per_user.empty:
+        return {"hit_rate": None, "ndcg": None, "users": 0}
+    return {"hit_rate": float(per_user["hit"].mean()), "ndcg": float(per_user["ndcg"].mean()), "users": len(per_user)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +431,7 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
             row["memory_bytes"] = int(sum(getattr(model, name).nbytes for name in _ARRAYS))
         row.update({f"{key}@{k}" if key != "users" else "ranked_users": value
                     for key, value in ranking_quality(top, data.test, k).items()})
-        row["top_k_ms"] = one_user * 1000
+        row["top_k_ms"] = None if one_user is None else one_user * 1000
         rows.append(row)
     return {"cutoff": data.cutoff.isoformat(), "train_ratings": len(data.train), "test_ratings": len(data.test),
             "k": k, "seed": seed, "algorithms": rows,
@@ -411,6 +439,8 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
 
 
 def _accuracy(predicted: np.ndarray, test: pd.DataFrame) -> dict:
+    if test.empty:
+        return {"rmse": None, "mae": None}
     error = predicted - test["rating"].to_numpy(dtype=float)
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
 
@@ -422,7 +452,7 @@ def _time_one_user(model: Model, users: np.ndarray, k: int) -> float:
         started = time.perf_counter()
         model.recommend(int(u), k)
         spent.append(time.perf_counter() - started)
-    return float(np.median(spent)) if spent else float("nan")
+    return float(np.median(spent)) if spent else None
 
 
 def _knn_top(fitted, popularity: Model, users: np.ndarray, k: int) -> tuple[dict, float]:
@@ -441,4 +471,4 @@ def _knn_top(fitted, popularity: Model, users: np.ndarray, k: int) -> tuple[dict
         scores = [(fitted.predict(u, i, clip=False).est, i) for i in items if i not in seen]
         top[u] = [i for _, i in sorted(scores, key=lambda si: -si[0])[:k]]
         spent.append(time.perf_counter() - started)
-    return top, float(np.median(spent)) if spent else float("nan")
+    return top, float(np.median(spent)) if spent else None

@@ -1,14 +1,26 @@
-"""HTML pages for reviewers, rendered from a run's results (results.json), never from the data.
+"""HTML pages for reviewers, rendered from runs' results (results.json), never from the data.
 
 Jinja2 with autoescape: every value that comes from data is escaped. Pages are one file each,
-with their styles inlined, so they open from disk with no network.
+styles and charts (SVG) inline, so they open from disk with no network and read on a phone.
+A run's page lives in OUT/runs/<run_id>/index.html; the dashboard, OUT/index.html, lists every
+run and draws the key metrics across runs.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from reports import charts
+
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+TRENDS = {  # chart title: {line name: metric key}
+    "Concentration of recommendations": {"Gini": "feedback.gini", "top-10 share": "feedback.top10_share"},
+    "Fairness: RMSE gap between groups": {"by sex": "fairness.rmse_gap.sex", "by age group": "fairness.rmse_gap.age"},
+    "Drift: share of signals drifted": {"drifted share": "drift.share_drifted"},
+    "Online: success rate and availability": {"success rate": "online.success_rate",
+                                              "availability": "online.availability"},
+}
 
 
 def environment():
@@ -16,9 +28,17 @@ def environment():
 
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters["percent"] = lambda v: "–" if v is None else (f"{v:.1f}%" if v >= 0.1 or v == 0 else f"{v:.2g}%")
-    env.filters["number"] = lambda v: "–" if v is None else (f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}")
+    env.filters["percent"] = lambda v: "–" if _missing(v) else (f"{v:.1f}%" if v >= 0.1 or v == 0 else f"{v:.2g}%")
+    env.filters["number"] = lambda v: "–" if _missing(v) else (f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}")
+    env.globals["charts"] = charts
     return env
+
+
+def _missing(value) -> bool:
+    """No value to show: None, or a field this audit's result does not have (jinja2.Undefined)."""
+    from jinja2 import Undefined
+
+    return value is None or isinstance(value, Undefined)
 
 
 def render_run(run: dict, directory: str | Path) -> Path:
@@ -29,3 +49,54 @@ def render_run(run: dict, directory: str | Path) -> Path:
     out = Path(directory) / "index.html"
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def render_dashboard(store, out: str | Path) -> Path:
+    """Write OUT/index.html: every run newest first, and the key metrics across runs."""
+    runs = store.runs()
+    series = store.metric_series([key for lines in TRENDS.values() for key in lines.values()])
+    order = series.drop_duplicates("run_id")[["run_id", "until"]] if len(series) else None
+    figures = []
+    for title, lines in TRENDS.items():
+        if order is None:
+            break
+        values = {name: [_value(series, run_id, key) for run_id in order["run_id"]] for name, key in lines.items()}
+        chart = charts.trend(title, values, [str(u)[:16].replace("T", " ") for u in order["until"]])
+        if chart:
+            figures.append((title, chart))
+    rows = []
+    for r in runs:
+        document = r["document"] or {"audits": {}}
+        counts = {s: sum(f["severity"] == s for a in document["audits"].values() for f in a["findings"])
+                  for s in SEVERITY_ORDER}
+        top = sorted((f for a in document["audits"].values() for f in a["findings"]),
+                     key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))[:3]
+        rows.append({**r, "counts": counts, "top": top, "audits": {k: a["status"] for k, a in document["audits"].items()},
+                     "page": f"runs/{r['id']}/index.html"})
+    page = environment().get_template("dashboard.html.j2").render(runs=rows, figures=figures)
+    path = Path(out) / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _value(series, run_id: int, key: str) -> float | None:
+    hit = series[(series["run_id"] == run_id) & (series["key"] == key)]["value"]
+    return None if hit.empty or hit.isna().all() else float(hit.iloc[0])
+
+
+def publish(store, out: str | Path) -> Path:
+    """Render every stored run's page and the dashboard under `out`, from the database alone;
+    artifacts (evidently's report) are copied from where the run wrote them when still there."""
+    for r in store.runs():
+        if r["document"] is None:
+            continue
+        directory = Path(out) / "runs" / str(r["id"])
+        directory.mkdir(parents=True, exist_ok=True)
+        for audit in r["document"]["audits"].values():
+            for name in (audit.get("details") or {}).get("artifacts", {}).values():
+                source = Path(r["path"] or "") / name
+                if source.exists() and source.resolve() != (directory / name).resolve():
+                    shutil.copyfile(source, directory / name)
+        render_run(r["document"], directory)
+    return render_dashboard(store, out)

@@ -233,11 +233,11 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
         out.write_text(json.dumps(result, indent=2) + "\n")
         emit({**result, "path": str(out)}, as_json, lambda r: _print_comparison(r, out))
         return
+    from scheduler.jobs import save_model
+
     model = rc.train(data, algo=algo, factors=factors, epochs=epochs, seed=seed)
     meta = model.metadata
-    model_id = f"{meta['created_at'][:19].replace('-', '').replace(':', '')}-{algo}-{meta['train']['sha256'][:8]}"
-    path = model.save(Path(models_dir).resolve() / model_id)
-    store.record_model(model_id, path, meta)
+    model_id, path = save_model(store, model, models_dir)
 
     def human(m):
         metrics = m["metrics"]
@@ -263,8 +263,8 @@ def _print_comparison(result: dict, path) -> None:
         if "skipped" in r:
             click.echo(f"{r['algo']:<11}skipped: {r['skipped']}")
             continue
-        click.echo(f"{r['algo']:<11}{fmt(r['rmse'], '8.4f')}{fmt(r['mae'], '8.4f')}{r['hit_rate@20']:8.3f}"
-                   f"{r['ndcg@20']:9.3f}{r['train_seconds']:9.2f}{r['top_k_ms']:11.2f}"
+        click.echo(f"{r['algo']:<11}{fmt(r['rmse'], '8.4f')}{fmt(r['mae'], '8.4f')}{fmt(r['hit_rate@20'], '8.3f')}"
+                   f"{fmt(r['ndcg@20'], '9.3f')}{r['train_seconds']:9.2f}{fmt(r['top_k_ms'], '11.2f')}"
                    f"{r['disk_bytes'] / 1e6:9.2f}{r['memory_bytes'] / 1e6:11.2f}")
     ranked = result["algorithms"][0].get("ranked_users", 0)
     click.echo(f"\nranking measured on {ranked} users with held-out ratings of 4 or 5; saved to {path}")
@@ -301,8 +301,8 @@ def recommend(user_id, db, model_id, k, as_json):
     movies, scores, cold = model.recommend(user_id, k)
     titles = store.read("movies").set_index("movie_id")["title"].to_dict()
     data = {"user_id": user_id, "model": model_id, "cold_start": cold,
-            "movies": [{"rank": r, "movie_id": m, "title": titles.get(m),
-                        "predicted_rating": None if cold else round(float(s), 4)}
+            "movies": [{"rank": r, "movie_id": m, "title": titles.get(m),  # clipped to 1-5, as predict() gives it
+                        "predicted_rating": None if cold else round(min(max(float(s), 1.0), 5.0), 4)}
                        for r, (m, s) in enumerate(zip(movies, scores), 1)]}
 
     def human(d):
@@ -419,10 +419,16 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
 @click.option("--db", metavar="URL", help=DB_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @window_options
+@click.option("--reference-since", metavar="TIME", help="Start of the reference window drift compares with.")
+@click.option("--reference-until", metavar="TIME", help="End of the reference window (exclusive).")
 @click.option("--only", metavar="LIST", help="Comma list of audits to run [default: all].")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./reports].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./recaudit-reports].")
+@click.option("--model", "model_id", metavar="ID", help="Model the fairness audit evaluates [default: the newest].")
+@click.option("--export-predictions", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the fairness audit's evaluated ratings with their predictions and groups as CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's results.json.")
-def audit(db, config_path, since, until, only, out, as_json):
+def audit(db, config_path, since, until, reference_since, reference_until, only, out, model_id, export_predictions,
+          as_json):
     """Run the audits over a window of stored data and record what they find.
 
     The window is [--since, --until). A missing --until is --since plus `audit.window`
@@ -432,26 +438,46 @@ def audit(db, config_path, since, until, only, out, as_json):
     page (index.html) beside it. One audit that fails is recorded as errored, with a critical
     finding, and the others still run.
 
+    Drift compares the window with a reference: [--reference-since, --reference-until), or by
+    default the `drift.reference_window` (7 days) before it, or the newest model's training
+    window when `drift.reference = "training"`.
+
+    Fairness evaluates the newest model (or --model) on the ratings after its training cutoff,
+    at least `fairness.window` (7 days) back from the window's end; --export-predictions
+    writes those ratings with their predictions and groups as CSV.
+
     Exit status: 1 when a critical finding exists, else 0 (2 for a usage or input error).
     """
     from audits import registry
     from audits import run as runs
-    from reports.html import render_run
+    from scheduler.jobs import audit_and_publish
 
     cfg = load_config(config_path)
+    if model_id:
+        cfg["fairness"]["model"] = model_id
+    if export_predictions:
+        cfg["fairness"]["export_predictions"] = export_predictions
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
     for name in names or []:
         if name not in registry.AUDITS:
             raise UserError(f"--only: unknown audit {name!r} (known: {', '.join(registry.AUDITS)})")
     store = open_store(db)
+    if model_id and store.model_artifact(model_id) is None:
+        raise UserError(f"--model: no model {model_id!r} in {store.url}")
+    if (reference_since is None) != (reference_until is None):
+        raise UserError("--reference-since and --reference-until go together")
+    reference = None
+    if reference_since is not None:
+        reference = (parse_time(reference_since, "--reference-since"), parse_time(reference_until, "--reference-until"))
+        if reference[0] >= reference[1]:
+            raise UserError("the reference window is empty: --reference-since is not before --reference-until")
     try:
         since, until = runs.default_window(store, cfg["audit"]["window"], parse_time(since, "--since"),
                                            parse_time(until, "--until"))
     except (LookupError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    result = runs.run(store, since, until, cfg, names, out or cfg["audit"]["out"])
-    data = result.to_dict()
-    page = render_run(data, result.path)
+    done = audit_and_publish(store, cfg, since, until, names, out or cfg["audit"]["out"], reference)
+    result = done.run
 
     def human(d):
         click.echo(f"run {d['run_id']} over {d['window']['since']} → {d['window']['until']}: {d['status']}")
@@ -459,8 +485,199 @@ def audit(db, config_path, since, until, only, out, as_json):
             click.echo(f"  {name}: {a['status']}" + (f" ({len(a['findings'])} findings)" if a["findings"] else ""))
             for f in a["findings"]:
                 click.echo(f"    [{f['severity']}] {f['message']}")
-        click.echo(f"results: {result.path / 'results.json'}\npage: {page}")
+        click.echo(f"results: {result.path / 'results.json'}\npage: {done.page}\ndashboard: {done.dashboard}")
+        if done.alerts:
+            sent = f", {done.delivery['delivered']} deliveries made" if done.delivery else ""
+            click.echo(f"alerts: {len(done.alerts)} new{sent} (recaudit alerts list)")
 
-    emit(data, as_json, human)
-    if result.status == "critical":
+    emit(done.document, as_json, human)
+    if any(r.critical for r in result.results.values()):  # an audit that errored raises a critical finding too
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./recaudit-reports].")
+def report(db, config_path, out):
+    """Render every run's page and the dashboard again, from the database.
+
+    Writes OUT/index.html (every run, newest first, and the key metrics across runs) and
+    OUT/runs/<run_id>/index.html. The pages work offline, straight from the file system.
+    """
+    from reports.html import publish
+
+    cfg = load_config(config_path)
+    store = open_store(db)
+    path = publish(store, out or cfg["audit"]["out"])
+    click.echo(f"dashboard: {path}")
+
+
+@main.group()
+def alerts():
+    """See and drive the alerts: list the outbox, deliver what is due, test the webhooks.
+
+    Alerts are written after each audit run from its findings (`alerts.findings`, warning and
+    above by default) and the rules of recaudit.toml, and posted to its webhooks. A condition
+    that stays open is not sent again; when it clears, one "resolved" alert is.
+    """
+
+
+@alerts.command("list")
+@click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the alerts as JSON.")
+def alerts_list(db, as_json):
+    """Every alert, newest first, with the state of its delivery to each webhook."""
+    from reports import alerts as alerting
+
+    rows = alerting.outbox(open_store(db))
+
+    def human(data):
+        if not data["alerts"]:
+            click.echo("no alerts")
+        for a in data["alerts"]:
+            click.echo(f"{a['created_at'][:19]} {a['status']:<8} {a['severity']:<8} {a['message']}")
+            for d in a["deliveries"]:
+                state = f"delivered {d['delivered_at'][:19]}" if d["status"] == "delivered" else \
+                    f"pending, {d['attempts']} attempts, next at {d['next_attempt_at'][:19]}" + \
+                    (f" (last error: {d['last_error']})" if d["last_error"] else "")
+                click.echo(f"    → {d['webhook']}: {state}")
+
+    emit({"alerts": rows}, as_json, human)
+
+
+@alerts.command("deliver")
+@click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def alerts_deliver(db, config_path, as_json):
+    """Post every delivery that is due. Failures stay in the outbox and are retried with
+    exponential backoff (`alerts.backoff_seconds`, doubling up to `alerts.max_backoff_seconds`).
+
+    Exit status: 1 when some delivery failed this time, else 0.
+    """
+    from reports import alerts as alerting
+
+    cfg = load_config(config_path)
+    counts = alerting.deliver(open_store(db), cfg["alerts"])
+    emit(counts, as_json, lambda c: click.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items())))
+    if counts["failed"]:
+        raise SystemExit(1)
+
+
+@alerts.command("test")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def alerts_test(config_path):
+    """Send a test alert to every configured webhook, now, and say how each answered.
+
+    Exit status: 1 when a webhook did not accept it.
+    """
+    from reports import alerts as alerting
+
+    cfg = load_config(config_path)
+    if not cfg["alerts"]["webhooks"]:
+        raise UserError("no webhooks configured: add [[alerts.webhooks]] to recaudit.toml")
+    failed = False
+    for hook in cfg["alerts"]["webhooks"]:
+        try:
+            alerting.post(hook, alerting.test_payload())
+            click.echo(f"{hook['name']}: accepted")
+        except Exception as exc:  # report every webhook's answer
+            failed = True
+            click.echo(f"{hook['name']}: failed ({alerting.describe_error(exc)})")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--db", metavar="URL", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--once", is_flag=True, help="Run every job that is due, then exit (for cron or a Kubernetes CronJob).")
+@click.option("--host", help="Address of the HTTP endpoints [default: schedule.host, 127.0.0.1].")
+@click.option("--port", type=int, help="Port of the HTTP endpoints [default: schedule.port, 8090].")
+def schedule(db, config_path, once, host, port):
+    """Run the audit service: ingest, audits, retraining, reports and alerts on a schedule.
+
+    Each job of `schedule.jobs` in recaudit.toml runs on its own interval or cron line (UTC).
+    Jobs are persisted in the database, so a restart resumes the schedule: a run missed while
+    the service was down happens once (within `schedule.misfire_grace_seconds`), never twice,
+    and a slow job never overlaps itself. Every job run is recorded with its outcome; one that
+    fails does not stop the service. A job new to the database is due at once.
+
+    The service also answers over HTTP (127.0.0.1 by default): GET /metrics (Prometheus: the
+    latest value of every metric key, and job run counters), GET /healthz, and the reports
+    under /. SIGTERM or SIGINT let the running job finish, then stop the service.
+
+    With --once: run the jobs that are due now, then exit; status 1 when one failed.
+    """
+    from pathlib import Path
+
+    from scheduler import service
+
+    cfg = load_config(config_path)
+    if config_path is None and Path("recaudit.toml").exists():
+        config_path = "recaudit.toml"
+    config_path = str(Path(config_path).resolve()) if config_path else None  # jobs are persisted with it
+    store = open_store(db)
+    scheduler = service.build(store.url, config_path, cfg)
+    if once:
+        outcomes = service.run_due_once(scheduler)
+        service.close(scheduler)
+        for name, status in outcomes.items():
+            click.echo(f"{name}: {status}")
+        if not outcomes:
+            click.echo("no job was due")
+        if "failed" in outcomes.values():
+            raise SystemExit(1)
+        return
+    import uvicorn
+
+    from scheduler import web
+
+    settings = cfg["schedule"]
+    host, port = host or settings["host"], port or settings["port"]
+    server = uvicorn.Server(uvicorn.Config(web.app(store, cfg["audit"]["out"], scheduler), host=host, port=port,
+                                           log_level="warning"))
+    # uvicorn stops on SIGTERM/SIGINT and then raises the signal again for the handler found
+    # before it: that handler must let the scheduler finish its running job, not kill the process.
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    scheduler.resume()
+    click.echo(f"recaudit schedule: {len(scheduler.get_jobs())} jobs; http://{host}:{port}/metrics", err=True)
+    server.run()  # until SIGTERM or SIGINT
+    click.echo("stopping: letting the running job finish", err=True)
+    scheduler.shutdown(wait=True)
+    click.echo("stopped", err=True)
+
+
+@main.command()
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for everything the demo makes (emptied first).")
+@click.option("--quick", is_flag=True, help="A smaller service over 6 days (what CI runs).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the simulation and the model.")
+def demo(out, quick, seed):
+    """Show the whole loop on a simulated service, in about a minute.
+
+    Simulates two weeks of a streaming service whose recommender falls into a feedback loop and
+    serves women and seniors worse, from the middle day on. Ingests it day by day, trains the
+    reference model once a week of data is in, runs every audit for every day, renders the
+    reports and posts the alerts, signed, to a webhook receiver it starts on 127.0.0.1 (they are
+    also written to OUT/alerts.jsonl). Ends with the dashboard's path and what was found.
+    """
+    import time
+
+    from scheduler import demo as demonstration
+
+    started = time.perf_counter()
+    summary = demonstration.run(out, quick=quick, seed=seed, progress=lambda m: click.echo(m, err=True))
+    last = summary.runs[-1]
+    click.echo(f"\n{summary.lines:,} log lines over {summary.days} days, {len(summary.runs)} audit runs "
+               f"in {time.perf_counter() - started:.0f} s.")
+    click.echo(f"Found on the last day (run {last['run_id']}, {last['status']}):")
+    for message in last["findings"]:
+        click.echo(f"  - {message}")
+    click.echo(f"{summary.alerts} alerts delivered to the webhook receiver ({summary.out / 'alerts.jsonl'}), "
+               f"{summary.rejected} rejected.")
+    click.echo(f"Dashboard: {summary.dashboard.resolve()}")

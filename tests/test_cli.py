@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ["simulate", "ingest", "train", "recommend", "serve", "validate", "audit"]
+COMMANDS = ["demo", "schedule", "simulate", "ingest", "train", "recommend", "serve", "validate", "audit", "report", "alerts"]
 HEAVY = ["pandas", "numpy", "pyarrow", "sqlalchemy", "evidently", "great_expectations", "surprise"]
 
 

@@ -143,6 +143,9 @@ def test_failed_request_is_a_recommendation_without_items_whose_error_keeps_colo
     (b"2024-02-27T18:45:18,15x972,GET /data/m/batman+begins+2005/91.mpg", "bad user id"),
     (b"2024-02-27T18:45:18,-1,GET /data/m/batman+begins+2005/91.mpg", "bad user id"),
     (b"2024-02-27T18:45:18,156972,POST /login", "unknown request"),
+    (b"2024-02-27T18:45:18,1,recommendation request , status 200, result: a+2001, 5 ms", "malformed recommendation line"),
+    ("２０２４-０１-０１T００:００:００,１２３,GET /data/m/a+2001/1.mpg".encode(), "bad timestamp"),
+    ("2024-01-01T00:00:00,١٢٣,GET /data/m/a+2001/1.mpg".encode(), "bad user id"),
     (b"2024-02-27T18:45:18,1,recommendation request s:8082, status 200, 131 ms", "missing result:"),
     (b"2024-02-27T18:45:18,1,recommendation request s:8082, status 200, result: a, b", "malformed recommendation line"),
     (b"2024-02-27T18:45:18,1,GET /data/m/caf\xe9+2001/1.mpg", "not UTF-8"),
@@ -217,7 +220,7 @@ _watch = st.builds(lambda t, u, m, n: f"{t},{u},GET /data/m/{m}/{n}.mpg", _stamp
 _rate = st.builds(lambda t, u, m, r: f"{t},{u},GET /rate/{m}={r}", _stamp, _user, _slug, st.sampled_from("123456"))
 _rec = st.builds(
     lambda t, u, s, items, lat: f"{t},{u},recommendation request {s}, status 200, result: {', '.join(items)}, {lat} ms",
-    _stamp, _user, st.sampled_from(["a.example.org:8082", "s1"]), st.lists(_slug, min_size=1, max_size=25),
+    _stamp, _user, st.sampled_from(["a.example.org:8082", "s1", "", "a b", "x,y"]), st.lists(_slug, min_size=1, max_size=25),
     st.integers(0, 10**5))
 _failed = st.builds(
     lambda t, u, code, err, lat: f"{t},{u},recommendation request srv:1, status {code}, result: {err}, {lat} ms",

@@ -3,7 +3,6 @@ lost, idempotence, growing logs, and all-or-nothing commits."""
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -105,14 +104,70 @@ def test_a_rewritten_log_under_the_same_name_is_ingested_as_new(store, tmp_path)
     assert store.count("watches") == 3
 
 
-def test_following_a_log_leaves_a_half_written_last_line_for_later(store, tmp_path):
+def test_a_half_written_last_line_is_read_again_whole_when_the_log_grows(store, tmp_path):
     log = tmp_path / "live.log"
-    log.write_bytes(b"2024-01-01T00:00:00,1,GET /data/m/a+2001/0.mpg\n2024-01-01T00:00:01,1,GET /data/m/a+2")
-    assert ingest(store, [str(log)], follow=True).totals()["lines"] == 1
+    log.write_bytes(b"2024-01-01T00:00:00,1,GET /data/m/a+2001/0.mpg\n2024-01-01T00:00:01,1,GET /data/m/a+2001/1")
+    first = ingest(store, [str(log)]).totals()
+    assert first["lines"] == 2 and first["stored"]["watch"] + first["quarantined"] == 2
     with open(log, "ab") as f:
-        f.write(b"001/1.mpg\n")
-    assert ingest(store, [str(log)], follow=True).totals()["lines"] == 1
-    assert store.read("watches").minute.tolist() == [0, 1] and store.count("quarantine") == 0
+        f.write(b"2.mpg\n2024-01-01T00:00:03,1,GET /rate/a+2001=4\n")
+    again = ingest(store, [str(log)]).sources[0]
+    assert (again.first_line, again.lines) == (2, 2)
+    assert store.read("watches")[["line", "minute"]].values.tolist() == [[1, 0], [2, 12]]
+    assert store.read("ratings").line.tolist() == [3]
+    assert store.count("quarantine") == 0
+    assert store.watch_sessions(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-02")).minutes.tolist() == [2]
+    spans = store._frame("SELECT first_at, last_at FROM watch_spans")
+    assert (spans.first_at.tolist(), spans.last_at.tolist()) == ([pd.Timestamp("2024-01-01 00:00:00")],
+                                                                 [pd.Timestamp("2024-01-01 00:00:01")])
+
+
+def test_the_same_log_under_another_name_or_rotated_is_not_stored_twice(store, tmp_path):
+    head = b"".join(b"2024-01-01T00:00:%02d,1,GET /data/m/a+2001/%d.mpg\n" % (i, i) for i in range(5))
+    tail = b"".join(b"2024-01-01T00:01:%02d,2,GET /data/m/b+2002/%d.mpg\n" % (i, i) for i in range(3))
+    (tmp_path / "events.log").write_bytes(head)
+    ingest(store, [str(tmp_path / "events.log")])
+    (tmp_path / "events.log.1").write_bytes(head + tail)  # rotated after it grew
+    result = ingest(store, [str(tmp_path / "events.log.1")]).sources[0]
+    assert (result.status, result.first_line, result.lines) == ("ingested", 6, 3)
+    (tmp_path / "events.log.2.gz").write_bytes(gzip.compress(head + tail))  # and compressed
+    assert ingest(store, [str(tmp_path / "events.log.2.gz")]).sources[0].status == "unchanged"
+    assert store.count("watches") == 8
+
+
+def test_two_ingests_racing_for_the_same_tail_store_it_once(store, tmp_path, monkeypatch):
+    from audits import ingest as ingestion
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"2024-01-01T00:00:00,1,GET /data/m/a+2001/0.mpg\n")
+    ingest(store, [str(log)])
+    with open(log, "ab") as f:
+        f.write(b"2024-01-01T00:00:01,1,GET /data/m/a+2001/1.mpg\n")
+    stale = ingestion._plan_log(store, log)  # planned by a run that is slower to commit
+    ingest(store, [str(log)])  # the other run commits the tail first
+    stale_plans, stale_checks = [stale], [False]  # its check for seen content ran before the other commit
+    real_plan, real_seen = ingestion._plan_log, ingestion._seen
+    monkeypatch.setattr(ingestion, "_plan_log", lambda st_, p: stale_plans.pop() if stale_plans else real_plan(st_, p))
+    monkeypatch.setattr(ingestion, "_seen", lambda st_, f: stale_checks.pop() if stale_checks else real_seen(st_, f))
+    assert ingest(store, [str(log)]).sources[0].status == "unchanged"  # retried, found nothing new
+    assert store.read("watches").line.tolist() == [1, 2]
+
+
+def test_malformed_lines_of_a_log_without_any_event_are_dated_at_ingestion(store, tmp_path):
+    (tmp_path / "broken.log").write_bytes(b"2024;01;01 broken\nnot a line either\n")
+    ingest(store, [str(tmp_path / "broken.log")])
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    assert len(store.quarantine_of_window(now - pd.Timedelta(hours=1), now + pd.Timedelta(hours=1))) == 2
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("users.csv", b"user_id,age,sex,occupation\n1,20,F,x\n", "expected the header user_id,age,gender,occupation"),
+    ("events.log.gz", b"this is not gzip", "cannot be read"),
+])
+def test_a_mislabelled_file_is_an_input_error_not_a_log(recaudit_bin, tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    done = run_cli(recaudit_bin, "ingest", "--db", str(tmp_path / "x.db"), str(tmp_path / name))
+    assert done.returncode == 2 and message in done.stderr.decode() and "Traceback" not in done.stderr.decode()
 
 
 def test_gzip_logs_are_ingested_like_plain_ones(store, small_world, tmp_path):
@@ -141,23 +196,26 @@ def test_a_failure_mid_source_commits_nothing_and_a_rerun_stores_everything(stor
 
 
 def test_an_ingest_killed_mid_write_leaves_nothing_and_a_rerun_stores_everything(tmp_path, small_world):
-    """SIGKILL while the write-ahead log grows, i.e. inside the source's transaction."""
-    db, big = tmp_path / "killed.db", tmp_path / "big.log"
-    big.write_bytes((small_world / "events.log").read_bytes() * 40)
+    """SIGKILL while the write-ahead log grows, i.e. inside the source's transaction (the log is
+    made larger until the kill lands mid-write)."""
     code = ("import sys; from audits.store import Store; from audits.ingest import ingest; "
             "ingest(Store(sys.argv[1]), [sys.argv[2]], chunk_bytes=256 << 10)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(big)])
-    wal = tmp_path / "killed.db-wal"
-    deadline = time.monotonic() + 60
-    while not (wal.exists() and wal.stat().st_size > 4 << 20) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the ingest finished before it could be killed; make the log larger"
+    for copies in (40, 160, 640):
+        db, big = tmp_path / f"killed{copies}.db", tmp_path / f"big{copies}.log"
+        big.write_bytes((small_world / "events.log").read_bytes() * copies)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(big)])
+        wal = db.with_name(db.name + "-wal")
+        while not (wal.exists() and wal.stat().st_size > 4 << 20) and proc.poll() is None:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            break
+    assert proc.poll() is None, "every ingest finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = st.Store(str(db))
     assert store.count("watches") == 0 and store.count("ingested_sources") == 0
-    assert ingest(store, [str(big)]).totals()["lines"] == 40 * parsed_log(small_world).lines
-    assert store.count("watches") == 40 * len(parsed_log(small_world).watches)
+    assert ingest(store, [str(big)]).totals()["lines"] == copies * parsed_log(small_world).lines
+    assert store.count("watches") == copies * len(parsed_log(small_world).watches)
 
 
 def test_a_changed_users_file_updates_users_in_place(store, tmp_path):

@@ -46,7 +46,7 @@ def ml100k(tmp_path: Path) -> Path:
         f"{flags('Drama', 'Musical')}",
         f"3|Untitled|05-Oct-1996|||{flags()}",
         f"267|unknown||||{flags('unknown')}",
-        f"4|Short Row (1995)|01-Jan-1995||",
+        "4|Short Row (1995)|01-Jan-1995||",
     ])
     write(d / "u.data", [
         "1\t1\t5\t874965758",

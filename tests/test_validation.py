@@ -168,6 +168,12 @@ def test_failure_messages_say_how_many_in_plain_words_with_examples():
     assert o.message.startswith("3 recommendation lists (6.0%) do not have 3 movies; examples: line 10: 19")
 
 
+def test_an_expectation_that_cannot_be_evaluated_says_so():
+    frames = {"ratings": good_frames()["ratings"].drop(columns=["rating"])}
+    o = next(o for o in validation.run_suites(frames, params()) if o.name == "rating_between_1_and_5")
+    assert o.success is False and o.message.startswith("could not be checked:")
+
+
 def test_validation_opens_no_network_connection(monkeypatch):
     real = socket.socket.connect
 
@@ -197,6 +203,13 @@ def test_gate_passes_clean_simulated_data(recaudit_bin, worlds):
     done = run_cli(recaudit_bin, "validate", str(worlds["clean"]))
     assert done.returncode == 0, done.stdout.decode()[-2000:]
     assert "0 failed" in done.stdout.decode()
+
+
+def test_gate_passes_a_clean_log_alone_without_a_catalogue(recaudit_bin, worlds):
+    done = run_cli(recaudit_bin, "validate", str(worlds["clean"] / "events.log"))
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "skip recommendations.recommended_movies_known: no catalogue to check against" in out
 
 
 def test_gate_fails_corrupt_data_naming_the_expectations_and_writes_junit(recaudit_bin, worlds, tmp_path):
@@ -277,6 +290,17 @@ def test_ingest_validate_quarantines_failing_events_with_the_expectation_name(st
     assert set(store.read("items").line) <= set(recs.line)
 
 
+def test_events_quarantined_by_an_expectation_are_not_counted_as_malformed_lines(store, worlds, tmp_path):
+    ingest(store, [str(worlds["corrupt"])], validate=configuration.load())
+    run = runs.run(store, "2024-01-03", "2024-01-05", configuration.load(), ["validation"], tmp_path)
+    audit = run.results["validation"]
+    q = store.quarantine_of_window(pd.Timestamp("2024-01-03"), pd.Timestamp("2024-01-05"))
+    malformed = (~q.reason.str.startswith(validation.QUARANTINED_BY)).sum()
+    assert audit.metrics["validation.unexpected_count.log.lines_parse"] == malformed
+    assert audit.metrics["validation.quarantined.recommendations.list_has_list_length_movies"] > 0
+    assert any(f.kind == "quarantined_by_expectation" and f.severity == "info" for f in audit.findings)
+
+
 # -- the audit run -----------------------------------------------------------------------------
 
 @pytest.fixture
@@ -305,7 +329,9 @@ def test_audit_run_records_metrics_and_findings_and_writes_results(audited_store
         stored = dict(conn.execute(text("SELECT key, value FROM metrics WHERE run_id = :r"), {"r": after.run_id}).all())
         found = conn.execute(text("SELECT count(*) FROM findings WHERE run_id = :r"), {"r": after.run_id}).scalar()
         status = conn.execute(text("SELECT status FROM audit_runs WHERE id = :r"), {"r": after.run_id}).scalar()
-    assert stored == audit["metrics"] and found == len(audit["findings"]) and status == "critical"
+    every = {k: v for a in data["audits"].values() for k, v in a["metrics"].items()}
+    findings = sum(len(a["findings"]) for a in data["audits"].values())
+    assert stored == every and found == findings and status == "critical"
 
 
 def test_an_audit_that_raises_is_recorded_as_errored_and_the_others_still_run(audited_store, tmp_path, monkeypatch):
@@ -319,6 +345,20 @@ def test_an_audit_that_raises_is_recorded_as_errored_and_the_others_still_run(au
     assert result.results["broken"].status == "errored" and "out of coffee" in result.results["broken"].error
     assert result.results["validation"].status == "ok"
     assert result.status == "errored" and result.results["broken"].critical
+
+
+def test_an_empty_window_is_insufficient_data_not_ok(audited_store, tmp_path):
+    result = runs.run(audited_store, "2030-01-01", "2030-01-02", configuration.load(), ["validation"], tmp_path)
+    assert result.results["validation"].status == "insufficient_data" and not result.results["validation"].findings
+
+
+def test_cli_audit_exits_1_when_an_audit_errored(recaudit_bin, tmp_path, worlds):
+    db = tmp_path / "a.db"
+    assert run_cli(recaudit_bin, "ingest", "--db", str(db), str(worlds["clean"])).returncode == 0
+    (tmp_path / "recaudit.toml").write_text('[validation]\nsuite_dir = "/nonexistent"\n')
+    done = run_cli(recaudit_bin, "audit", "--db", str(db), "--only", "validation", "--config",
+                   str(tmp_path / "recaudit.toml"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "could not run" in done.stdout.decode()
 
 
 def test_findings_keep_their_fingerprint_across_runs_whatever_the_value():
@@ -359,6 +399,18 @@ def test_config_file_overrides_defaults_and_rejects_unknown_settings(tmp_path):
     path.write_text("[validation]\nlist_lenght = 10\n")
     with pytest.raises(Exception, match="unknown setting 'validation.list_lenght'"):
         configuration.load(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[audit]\nwindow = 1\n", "audit.window must be a string"),
+    ('[audit]\nwindow = "soon"\n', "audit.window must be a positive duration"),
+    ('[drift]\nshare_threshold = "half"\n', "drift.share_threshold must be a number"),
+    ("[drift.signals.sex]\nenabled = 1\n", "drift.signals.sex.enabled must be true or false"),
+])
+def test_a_setting_of_the_wrong_type_is_an_input_error(recaudit_bin, tmp_path, body, message):
+    (tmp_path / "recaudit.toml").write_text(body)
+    done = run_cli(recaudit_bin, "audit", "--db", str(tmp_path / "x.db"), "--config", str(tmp_path / "recaudit.toml"))
+    assert done.returncode == 2 and message in done.stderr.decode()
 
 
 def test_default_window_ends_with_the_latest_event(audited_store):

@@ -1,0 +1,344 @@
+"""Fairness: does the model serve every group of users equally well, beyond chance?
+
+A single RMSE hides bad service for small groups, and small groups also produce large gaps by
+chance. So each group's accuracy comes with a 95% interval from a bootstrap that resamples
+users (one user's ratings are not independent), and a gap is reported only when it is above
+its threshold and its interval excludes zero.
+
+The gap of a dimension is worst − best over the groups with at least `min_group_size`
+ratings. Its interval is that of the same two groups' difference across resamples: a
+resampled max − min would be positive by construction and could never exclude zero.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audits import groups
+from audits.result import AuditResult, Finding
+
+DIMENSIONS = ("sex", "age", "occupation")
+ACCURACY = ("rmse", "mae")
+DIMENSION_WORDS = {"sex": "sex", "age": "age group", "occupation": "occupation"}
+
+
+@dataclass
+class Interval:
+    low: float | None
+    high: float | None
+
+
+@dataclass
+class GroupMetrics:
+    """RMSE and MAE of one set of predictions, overall and per group of one dimension, in the
+    manner of fairlearn's MetricFrame (`overall`, `by_group`, `difference()`), with bootstrap
+    intervals over users."""
+
+    error: np.ndarray  # prediction − rating, one per rating
+    user: np.ndarray  # who gave each rating
+    group: np.ndarray  # the user's group in this dimension
+    min_group_size: int = 100  # ratings; smaller groups get no verdict
+    resamples: int = 200
+    seed: int = 0
+    confidence: float = 0.95
+    _boot: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def _users(self):
+        """Per user: group code, number of ratings, sums of squared and absolute errors."""
+        users, at = np.unique(self.user, return_inverse=True)
+        labels, codes = np.unique(self.group.astype(str), return_inverse=True)
+        n = np.bincount(at, minlength=len(users)).astype(float)
+        sse = np.bincount(at, weights=self.error ** 2, minlength=len(users))
+        sae = np.bincount(at, weights=np.abs(self.error), minlength=len(users))
+        code = np.zeros(len(users), dtype=np.int64)
+        code[at] = codes  # a user is in one group per dimension
+        return labels, code, n, sse, sae
+
+    @property
+    def overall(self) -> dict:
+        return _metrics(self.error) | {"n": len(self.error), "users": len(np.unique(self.user))}
+
+    @cached_property
+    def by_group(self) -> pd.DataFrame:
+        """One row per group: n, users, rmse, mae, and whether it is big enough for a verdict."""
+        labels, code, n, sse, sae = self._users
+        sizes = np.bincount(code, weights=n, minlength=len(labels))
+        table = pd.DataFrame({
+            "n": sizes.astype(np.int64), "users": np.bincount(code, minlength=len(labels)),
+            "rmse": np.sqrt(np.bincount(code, weights=sse, minlength=len(labels)) / sizes),
+            "mae": np.bincount(code, weights=sae, minlength=len(labels)) / sizes,
+        }, index=pd.Index(labels, name="group"))
+        table["sufficient"] = table["n"] >= self.min_group_size
+        return table
+
+    @cached_property
+    def intervals(self) -> pd.DataFrame:
+        """Per group, each metric's interval: rmse_low, rmse_high, mae_low, mae_high."""
+        draws = self._draws()
+        table = pd.DataFrame(index=self.by_group.index)
+        for i, metric in enumerate(ACCURACY):
+            table[f"{metric}_low"], table[f"{metric}_high"] = _percentiles(draws[:, :, i], self.confidence)
+        return table
+
+    def worst_and_best(self, metric: str = "rmse") -> tuple[str, str] | None:
+        """The groups with the highest and lowest metric, among those with enough ratings."""
+        eligible = self.by_group[self.by_group["sufficient"]]
+        if len(eligible) < 2:
+            return None
+        return eligible[metric].idxmax(), eligible[metric].idxmin()
+
+    def difference(self, metric: str = "rmse") -> float | None:
+        pair = self.worst_and_best(metric)
+        return None if pair is None else float(self.by_group.at[pair[0], metric] - self.by_group.at[pair[1], metric])
+
+    def ratio(self, metric: str = "rmse") -> float | None:
+        pair = self.worst_and_best(metric)
+        if pair is None or self.by_group.at[pair[1], metric] == 0:
+            return None
+        return float(self.by_group.at[pair[0], metric] / self.by_group.at[pair[1], metric])
+
+    @property
+    def difference_confidence(self) -> float:
+        """The gap's confidence, Bonferroni-adjusted for the pairs of groups it was picked from:
+        with many groups the largest of many gaps looks significant by chance."""
+        m = int(self.by_group["sufficient"].sum())
+        return 1 - (1 - self.confidence) / max(1, m * (m - 1) // 2)
+
+    def difference_interval(self, metric: str = "rmse") -> Interval:
+        """The interval of worst − best, the same two groups in every resample."""
+        pair = self.worst_and_best(metric)
+        if pair is None:
+            return Interval(None, None)
+        at = list(self.by_group.index)
+        i = ACCURACY.index(metric)
+        draws = self._draws()
+        low, high = _percentiles((draws[:, at.index(pair[0]), i] - draws[:, at.index(pair[1]), i])[:, None],
+                                 self.difference_confidence)
+        return Interval(_float(low[0]), _float(high[0]))
+
+    def _draws(self) -> np.ndarray:
+        """resamples × groups × (rmse, mae): the groups' metrics over resamples of users drawn
+        with replacement from all users (a group may be absent from a draw: NaN)."""
+        if "draws" not in self._boot:
+            labels, code, n, sse, sae = self._users
+            rng = np.random.default_rng(self.seed)
+            draws = np.full((self.resamples, len(labels), 2), np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                for b in range(self.resamples):
+                    weight = np.bincount(rng.integers(0, len(n), len(n)), minlength=len(n)).astype(float)
+                    total = np.bincount(code, weights=weight * n, minlength=len(labels))
+                    draws[b, :, 0] = np.sqrt(np.bincount(code, weights=weight * sse, minlength=len(labels)) / total)
+                    draws[b, :, 1] = np.bincount(code, weights=weight * sae, minlength=len(labels)) / total
+            self._boot["draws"] = draws
+        return self._boot["draws"]
+
+
+def _metrics(error: np.ndarray) -> dict:
+    if len(error) == 0:
+        return {"rmse": None, "mae": None}
+    return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
+
+
+def _percentiles(draws: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the central `confidence` interval of the draws, ignoring absent ones."""
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (a group never drawn): no interval
+        return np.nanpercentile(draws, tail, axis=0), np.nanpercentile(draws, 100 - tail, axis=0)
+
+
+def _float(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit.
+
+def evaluate(model, ratings: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
+    """Each rating with the model's prediction, served the way the model serves it (users or
+    movies it never saw get its baseline, flagged cold_start), and the user's groups."""
+    predicted, cold = model.predict(ratings["user_id"].to_numpy(), ratings["movie_id"].astype(str).to_numpy())
+    out = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(dtype=np.int64),
+                        "movie_id": ratings["movie_id"].astype(str).to_numpy(),
+                        "time": ratings["time"].to_numpy(), "rating": ratings["rating"].to_numpy(dtype=float),
+                        "prediction": predicted, "cold_start": cold})
+    return _with_groups(out, users, age_bins)
+
+
+def _with_groups(df: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
+    """Add sex, age and occupation; users missing from the users table are 'unknown'."""
+    known = groups.of_users(users, age_bins)
+    out = df.merge(known, on="user_id", how="left")
+    for dim in DIMENSIONS:
+        out[dim] = out[dim].fillna(groups.UNKNOWN)
+    return out
+
+
+def group_metrics(evaluated: pd.DataFrame, dimension: str, settings: dict) -> GroupMetrics:
+    return GroupMetrics((evaluated["prediction"] - evaluated["rating"]).to_numpy(dtype=float),
+                        evaluated["user_id"].to_numpy(), evaluated[dimension].to_numpy(),
+                        settings["min_group_size"], settings["resamples"], settings["seed"], settings["confidence"])
+
+
+def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.DataFrame | None = None,
+           online: pd.DataFrame | None = None) -> tuple[dict, list[Finding], list[dict]]:
+    """Metrics, findings and per-group rows for evaluated ratings; `ranking` (user_id, hit,
+    ndcg) and `online` (user_id, success) add ranking quality and online success per group."""
+    metrics: dict[str, float | None] = {}
+    findings: list[Finding] = []
+    rows: list[dict] = []
+    warm = evaluated[~evaluated["cold_start"]]
+    for name, part in (("", evaluated), ("_warm", warm)):
+        for metric, value in _metrics((part["prediction"] - part["rating"]).to_numpy(dtype=float)).items():
+            metrics[f"fairness.{metric}{name}"] = value
+    metrics["fairness.n"] = len(evaluated)
+    metrics["fairness.cold_start_share"] = float(evaluated["cold_start"].mean())
+    for dim in settings["dimensions"]:
+        frame = group_metrics(evaluated, dim, settings)
+        warm_frame = group_metrics(warm, dim, settings).by_group if len(warm) else None
+        table = frame.by_group.join(frame.intervals)
+        cold = evaluated.groupby(dim)["cold_start"].mean()
+        extra = {key: _by(part, dim, col) for key, part, col in
+                 (("hit_rate", ranking, "hit"), ("ndcg", ranking, "ndcg"), ("success_rate", online, "success"))
+                 if part is not None}
+        for group, row in table.iterrows():
+            out = {"dimension": dim, "group": group, "label": _label(dim, group, age_bins), "n": int(row["n"]),
+                   "users": int(row["users"]), "sufficient": bool(row["sufficient"]),
+                   "cold_start_share": float(cold.get(group, np.nan))}
+            metrics[f"fairness.n.{dim}.{group}"] = out["n"]
+            metrics[f"fairness.cold_start_share.{dim}.{group}"] = out["cold_start_share"]
+            for metric in ACCURACY:
+                value = float(row[metric]) if row["sufficient"] else None
+                out[metric] = value
+                out[f"{metric}_low"] = _float(row[f"{metric}_low"]) if row["sufficient"] else None
+                out[f"{metric}_high"] = _float(row[f"{metric}_high"]) if row["sufficient"] else None
+                w = warm_frame.loc[group] if warm_frame is not None and group in warm_frame.index else None
+                out[f"{metric}_warm"] = float(w[metric]) if w is not None and w["sufficient"] else None
+                metrics[f"fairness.{metric}.{dim}.{group}"] = value
+                metrics[f"fairness.{metric}_low.{dim}.{group}"] = out[f"{metric}_low"]
+                metrics[f"fairness.{metric}_high.{dim}.{group}"] = out[f"{metric}_high"]
+                metrics[f"fairness.{metric}_warm.{dim}.{group}"] = out[f"{metric}_warm"]
+            for key in ("hit_rate", "ndcg", "success_rate"):
+                if key not in extra:
+                    out[key], out[f"{key}_n"] = None, 0
+                    continue
+                count, mean = extra[key].get(group, (0, None))
+                out[key], out[f"{key}_n"] = mean, count
+                metrics[f"fairness.{key}.{dim}.{group}"] = mean
+            rows.append(out)
+        small = table[~table["sufficient"]]
+        if len(small):
+            listed = ", ".join(f"{_label(dim, g, age_bins)} ({n} ratings)" for g, n in small["n"].items())
+            findings.append(Finding("fairness", f"fairness.n.{dim}", "info",
+                                    f"too few ratings for a verdict on {len(small)} {DIMENSION_WORDS[dim]} group(s) "
+                                    f"(fewer than {settings['min_group_size']}): {listed}", kind="insufficient_group"))
+        for metric in ACCURACY:
+            findings += _gap(frame, dim, metric, settings, metrics, age_bins)
+    return metrics, findings, rows
+
+
+def _gap(frame: GroupMetrics, dim: str, metric: str, settings: dict, metrics: dict, age_bins: dict) -> list[Finding]:
+    gap, ratio, interval = frame.difference(metric), frame.ratio(metric), frame.difference_interval(metric)
+    metrics[f"fairness.{metric}_gap.{dim}"] = gap
+    metrics[f"fairness.{metric}_gap_low.{dim}"] = interval.low
+    metrics[f"fairness.{metric}_gap_high.{dim}"] = interval.high
+    metrics[f"fairness.{metric}_ratio.{dim}"] = ratio
+    threshold = settings["gap_thresholds"][metric]
+    if gap is None or gap <= threshold or interval.low is None or interval.low <= 0:
+        return []
+    worst, best = frame.worst_and_best(metric)
+    table = frame.by_group
+    w, b = table.loc[worst], table.loc[best]
+    confidence = frame.difference_confidence
+    adjusted = "" if confidence == frame.confidence else f", adjusted for {len(frame.by_group[frame.by_group.sufficient])} groups"
+    message = (f"{metric.upper()} is {w[metric]:.2f} for {_label(dim, worst, age_bins)} against {b[metric]:.2f} for "
+               f"{_label(dim, best, age_bins)}: a gap of {gap:.2f} ({confidence:.1%} interval {interval.low:.2f} to "
+               f"{interval.high:.2f}{adjusted}) above the threshold {threshold:g}; {int(w['n']):,} ratings by "
+               f"{int(w['users']):,} users against {int(b['n']):,} by {int(b['users']):,}")
+    return [Finding("fairness", f"fairness.{metric}_gap.{dim}", settings["severity"], message, gap, threshold,
+                    kind="fairness_gap")]
+
+
+def _by(part: pd.DataFrame, dim: str, column: str) -> dict:
+    grouped = part.groupby(dim)[column].agg(["size", "mean"])
+    return {g: (int(r["size"]), float(r["mean"])) for g, r in grouped.iterrows()}
+
+
+def _label(dim: str, group: str, age_bins: dict) -> str:
+    if dim == "age":
+        return f"age group {groups.describe(age_bins, group)}"
+    if dim == "sex":
+        return {"F": "women", "M": "men"}.get(group, f"sex {group}")
+    return f"occupation {group}"
+
+
+def audit(ctx) -> AuditResult:
+    from recsys.recommender import Model, ranking_per_user
+
+    settings = ctx.config["fairness"]
+    age_bins = ctx.config["groups"]["age"]
+    found = ctx.store.model_artifact(settings["model"] or None)
+    if found is None:
+        what = f"model {settings['model']!r}" if settings["model"] else "trained model"
+        return AuditResult("fairness", "insufficient_data", details={"reason": f"no {what} to evaluate (recaudit train)"})
+    model_id, path = found
+    model = Model.load(path)
+    cutoff = pd.Timestamp(model.metadata["cutoff"])
+    since = max(min(ctx.since, ctx.until - pd.Timedelta(settings["window"])), cutoff)
+    details = {"model": model_id, "cutoff": cutoff.isoformat(), "evaluated": {"since": since.isoformat(),
+                                                                              "until": ctx.until.isoformat()}}
+    if since >= ctx.until:
+        return AuditResult("fairness", "insufficient_data",
+                           details={**details, "reason": "the window ends before the model's training cutoff"})
+    ratings = ctx.store.read("ratings", since, ctx.until)
+    users = ctx.store.read("users")
+    evaluated = evaluate(model, ratings, users, age_bins)
+    if settings["export_predictions"]:
+        export(evaluated, settings["export_predictions"])
+        details["exported"] = str(settings["export_predictions"])
+    if evaluated.empty:
+        return AuditResult("fairness", "insufficient_data",
+                           details={**details, "reason": "no ratings after the model's training cutoff in the window"})
+    ranking = _ranking(model, evaluated, settings, ranking_per_user)
+    online = _online(ctx.store, since, ctx.until, users, age_bins, settings)
+    metrics, findings, rows = assess(evaluated, settings, age_bins, ranking, online)
+    details.update(groups=rows, resamples=settings["resamples"], seed=settings["seed"],
+                   min_group_size=settings["min_group_size"], ranked_users=0 if ranking is None else len(ranking),
+                   requests=0 if online is None else len(online))
+    return AuditResult("fairness", metrics=metrics, findings=findings, details=details)
+
+
+def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -> pd.DataFrame | None:
+    """Hit and NDCG at k per user with liked held-out ratings (a seeded sample beyond the cap)."""
+    liked = np.unique(evaluated.loc[evaluated["rating"] >= 4, "user_id"].to_numpy())
+    if not len(liked):
+        return None
+    rng = np.random.default_rng(settings["seed"])
+    users = np.sort(rng.choice(liked, size=min(settings["ranking_max_users"], len(liked)), replace=False))
+    ids, _scores, _cold = model.recommend_many(users, settings["k"])
+    per_user = ranking_per_user(dict(zip(users.tolist(), ids)), evaluated, settings["k"])
+    return per_user.merge(evaluated.drop_duplicates("user_id")[["user_id", *DIMENSIONS]], on="user_id")
+
+
+def _online(store, since, until, users: pd.DataFrame, age_bins: dict, settings: dict) -> pd.DataFrame | None:
+    from audits import online
+
+    requests = online.followed_requests(store, since, until, settings["success_horizon"])
+    if requests.empty:
+        return None
+    return _with_groups(requests[["user_id", "success"]].astype({"success": float}), users, age_bins)
+
+
+def export(evaluated: pd.DataFrame, path: str | Path) -> None:
+    """One row per evaluated rating, so a reviewer can recompute every number."""
+    columns = ["user_id", "movie_id", "time", "rating", "prediction", "cold_start", "sex", "age", "occupation"]
+    out = evaluated[columns].rename(columns={"age": "age_group"})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")

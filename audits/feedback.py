@@ -1,0 +1,197 @@
+"""Feedback loops: is the recommender narrowing what people see onto what it already showed?
+
+A loop shows in the logs alone: exposure concentrates on fewer movies run after run, and what
+gets rated follows what gets recommended. Each run measures both over the window; the trend
+comes from the metrics of earlier runs in the store.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from audits import groups
+from audits.result import AuditResult, Finding
+
+LORENZ_POINTS = 101
+CONCENTRATION = ("gini", "top1pct_share", "top10_share", "coverage", "entropy", "hhi")
+
+
+def concentration(exposure: np.ndarray) -> dict:
+    """How unequally exposure falls over a catalogue; `exposure` has one count per catalogue
+    movie, zeros included (a movie never recommended is part of the inequality)."""
+    x = np.sort(np.asarray(exposure, dtype=float))
+    n, total = len(x), x.sum()
+    if n == 0 or total == 0:
+        return dict.fromkeys(CONCENTRATION)
+    p = x / total
+    nonzero = p[p > 0]
+    return {
+        "gini": float(2 * np.sum(np.arange(1, n + 1) * x) / (n * total) - (n + 1) / n),
+        "top1pct_share": float(x[-max(1, math.ceil(0.01 * n)):].sum() / total),
+        "top10_share": float(x[-10:].sum() / total),
+        "coverage": float(np.count_nonzero(x) / n),
+        "entropy": float(-np.sum(nonzero * np.log(nonzero)) / np.log(n)) if n > 1 else 0.0,
+        "hhi": float(np.sum(p ** 2)),
+    }
+
+
+def lorenz(exposure: np.ndarray, points: int = LORENZ_POINTS) -> list[list[float]]:
+    """[share of movies, share of exposure] from the least exposed up, at `points` places."""
+    x = np.sort(np.asarray(exposure, dtype=float))
+    if len(x) == 0 or x.sum() == 0:
+        return []
+    curve = np.concatenate([[0.0], np.cumsum(x) / x.sum()])
+    at = np.linspace(0, len(x), points)
+    return [[round(float(a / len(x)), 4), round(float(np.interp(a, np.arange(len(x) + 1), curve)), 4)] for a in at]
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> dict:
+    """Pearson and Spearman between two per-movie counts, with p-values and n."""
+    from scipy import stats
+
+    n = len(a)
+    if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"pearson": None, "pearson_p": None, "spearman": None, "spearman_p": None, "n": n}
+    pearson, spearman = stats.pearsonr(a, b), stats.spearmanr(a, b)
+    return {"pearson": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
+            "spearman": float(spearman.statistic), "spearman_p": float(spearman.pvalue), "n": n}
+
+
+def rating_recommendation(rated: pd.Series, recommended: pd.Series) -> dict:
+    """The correlation over the movies rated or recommended, each count zero-filled."""
+    movies = rated.index.union(recommended.index)
+    return correlation(rated.reindex(movies, fill_value=0).to_numpy(dtype=float),
+                       recommended.reindex(movies, fill_value=0).to_numpy(dtype=float))
+
+
+def popularity_bias(exposure: pd.Series, sessions: pd.DataFrame, head_share: float) -> dict:
+    """ARP of the recommendations against that of what users watched, and the long-tail shares.
+
+    A movie's popularity is the share of the window's viewers who watched it. The head is
+    the most watched movies that together make `head_share` of the viewing; the long tail is
+    every other movie, never watched ones included.
+    """
+    if sessions.empty or exposure.sum() == 0:
+        return {"arp": None, "arp_watched": None, "popularity_lift": None, "long_tail_share": None,
+                "long_tail_share_watched": None}
+    viewers = sessions.groupby("movie_id", observed=True)["user_id"].nunique()
+    popularity = viewers / sessions["user_id"].nunique()
+    arp = float((exposure * popularity.reindex(exposure.index, fill_value=0)).sum() / exposure.sum())
+    watched = sessions.groupby("movie_id", observed=True).size().sort_values(ascending=False, kind="stable")
+    head = watched.index[: int(np.searchsorted(watched.cumsum().to_numpy() / watched.sum(), head_share) + 1)]
+    arp_watched = float(popularity.reindex(sessions["movie_id"].astype(str)).mean())
+    return {"arp": arp, "arp_watched": arp_watched, "popularity_lift": arp / arp_watched if arp_watched else None,
+            "long_tail_share": float(exposure[~exposure.index.isin(head)].sum() / exposure.sum()),
+            "long_tail_share_watched": float(watched[~watched.index.isin(head)].sum() / watched.sum())}
+
+
+def slope(values: list[float]) -> float | None:
+    """Least-squares change per run."""
+    y = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(y) < 2:
+        return None
+    return float(np.polyfit(np.arange(len(y)), y, 1)[0])
+
+
+def loop_finding(history: pd.DataFrame, settings: dict) -> Finding | None:
+    """The "feedback loop suspected" finding from the last runs (oldest first, this run last):
+    columns gini, top10_share and correlation. It fires when the Gini rises by more than the
+    threshold per run over at least `min_runs` runs while the correlation stays above its
+    threshold in every one of them."""
+    if len(history) < settings["min_runs"]:
+        return None
+    rise = slope(history["gini"].tolist())
+    corr = history["correlation"]
+    if rise is None or rise <= settings["gini_slope_threshold"] or corr.isna().any() or \
+            (corr < settings["correlation_threshold"]).any():
+        return None
+    first, last = history.iloc[0], history.iloc[-1]
+    top = (f"; the top 10 movies' share of recommendations went from {first.top10_share:.0%} to "
+           f"{last.top10_share:.0%}") if pd.notna(first.top10_share) and pd.notna(last.top10_share) else ""
+    message = (f"feedback loop suspected: the Gini of recommendation exposure rose from {first.gini:.3f} to "
+               f"{last.gini:.3f} over the last {len(history)} runs (+{rise:.3f} per run > "
+               f"{settings['gini_slope_threshold']:g}){top}, while the correlation of how often a movie is rated "
+               f"with how often it is recommended stayed at or above {settings['correlation_threshold']:g} "
+               f"(now {last.correlation:.2f})")
+    return Finding("feedback", "feedback.gini_slope", settings["severity"], message, rise,
+                   settings["gini_slope_threshold"], kind="feedback_loop")
+
+
+def _counts(counts: pd.DataFrame) -> pd.Series:
+    """A (movie_id, n) frame as n by movie id."""
+    return counts.set_index(counts["movie_id"].astype(str))["n"]
+
+
+def audit(ctx) -> AuditResult:
+    settings = ctx.config["feedback"]
+    store, since, until = ctx.store, ctx.since, ctx.until
+    by_user = store.recommended_counts_by_user(since, until)  # (user attributes, movie, n)
+    if by_user.empty:
+        return AuditResult("feedback", "insufficient_data", details={"reason": "no recommendations in the window"})
+    movies = store.read("movies")
+    ids = by_user["movie_id"].astype(str).to_numpy()
+    catalogue = pd.Index(movies["movie_id"].astype(str)).union(pd.Index(pd.unique(ids)))
+    at, n = catalogue.get_indexer(ids), by_user["n"].to_numpy(dtype=float)
+    exposure = pd.Series(np.bincount(at, weights=n, minlength=len(catalogue)), index=catalogue)
+    metrics: dict[str, float | None] = {"feedback.recommendations": float(exposure.sum()),
+                                        "feedback.catalogue": float(len(catalogue))}
+    metrics.update({f"feedback.{k}": v for k, v in concentration(exposure.to_numpy()).items()})
+    details: dict = {"lorenz": lorenz(exposure.to_numpy()), "groups": []}
+
+    labelled = {"sex": groups.sex(by_user), "age": groups.age_group(by_user, ctx.config["groups"]["age"])}
+    for dim, label in labelled.items():
+        label = label.to_numpy()
+        for group in sorted(set(label)):
+            mine = label == group
+            counts = np.bincount(at[mine], weights=n[mine], minlength=len(catalogue))
+            values = concentration(counts)
+            details["groups"].append({"dimension": dim, "group": group, "recommendations": int(counts.sum()), **values})
+            for key in ("gini", "top10_share", "coverage"):
+                metrics[f"feedback.{key}.{dim}.{group}"] = values[key]
+
+    # Daily counts of a small service are too sparse for a stable correlation: it is taken over
+    # at least `correlation_window`, and the lagged one against the span just before that.
+    start = min(since, until - pd.Timedelta(settings["correlation_window"]))
+    rated = _counts(store.rated_counts(start, until))
+    shown = exposure[exposure > 0] if start == since else _counts(store.recommended_counts(start, until))
+    now = rating_recommendation(rated, shown)
+    before = _counts(store.recommended_counts(start - (until - start), start))
+    lagged = rating_recommendation(rated, before) if len(before) else None
+    for name, values in (("rating_rec_corr", now), ("rating_rec_corr_lagged", lagged)):
+        for key in ("pearson", "pearson_p", "spearman", "spearman_p", "n"):
+            metrics[f"feedback.{name}.{key}"] = None if values is None else values[key]
+    details["scatter"] = _scatter(rated, shown)
+    titles = movies.set_index(movies["movie_id"].astype(str))["title"]
+    titles = titles.where(titles.map(lambda t: isinstance(t, str)), None)
+    details["top"] = [{"movie_id": m, "title": titles.get(m), "recommended": int(n), "share": n / exposure.sum(),
+                       "rated": int(rated.get(m, 0))} for m, n in exposure.nlargest(10).items()]
+
+    sessions = store.watch_sessions(since, until)
+    metrics.update({f"feedback.{k}": v for k, v in popularity_bias(exposure, sessions, settings["head_share"]).items()})
+
+    keys = {"feedback.gini": "gini", "feedback.top10_share": "top10_share",
+            f"feedback.rating_rec_corr.{settings['correlation_method']}": "correlation"}
+    past = store.metric_history(list(keys), until, settings["trend_runs"] - 1)
+    rows = [{"until": end, **dict(zip(run["key"], run["value"]))} for (end, _id), run in past.groupby(["until", "run_id"])]
+    rows.append({"until": until, **{key: metrics[key] for key in keys}})
+    history = pd.DataFrame(rows).reindex(columns=["until", *keys]).rename(columns=keys)
+    history[list(keys.values())] = history[list(keys.values())].astype(float)
+    metrics["feedback.gini_slope"] = slope(history["gini"].tolist())
+    metrics["feedback.top10_share_slope"] = slope(history["top10_share"].tolist())
+    metrics["feedback.trend_runs"] = float(len(history))
+    details["trend"] = [{"until": pd.Timestamp(r.until).isoformat(), "gini": r.gini, "top10_share": r.top10_share,
+                         "correlation": None if pd.isna(r.correlation) else r.correlation}
+                        for r in history.itertuples()]
+    finding = loop_finding(history, settings)
+    return AuditResult("feedback", metrics=metrics, findings=[finding] if finding else [], details=details)
+
+
+def _scatter(rated: pd.Series, shown: pd.Series, limit: int = 2000) -> list[list[int]]:
+    """[times recommended, times rated] per movie for the report, the most recommended first."""
+    movies = rated.index.union(shown.index)
+    both = pd.DataFrame({"rec": shown.reindex(movies, fill_value=0), "rated": rated.reindex(movies, fill_value=0)})
+    both = both.sort_values(["rec", "rated"], ascending=False, kind="stable").head(limit)
+    return both.astype(int).to_numpy().tolist()

@@ -1,0 +1,263 @@
+"""Alerts that reach on-call once, signed, and never get lost.
+
+After a run, `evaluate` turns its findings and the configured rules into conditions. A
+condition that opens writes a "firing" alert to the outbox; while it stays open nothing more
+is sent; when it clears, one "resolved" alert. Each alert gets one delivery row per webhook,
+written in the same transaction, and `deliver` posts what is due: signed with HMAC-SHA256,
+with the alert id as idempotency key, a timeout, and exponential backoff on failure. A
+receiver that is down gets every alert once it is back; an alert is never given up.
+
+Payload (JSON, schema "recaudit.alert/1"):
+    {"schema", "alert_id", "status": "firing" | "resolved", "condition", "rule", "severity",
+     "message", "metrics": {key: value}, "run_id", "window": {"since", "until"}, "link",
+     "created_at"}
+Slack-compatible webhooks (format = "slack") get {"text": "..."} instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import operator
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from audits import store as st
+
+SCHEMA = "recaudit.alert/1"
+SEVERITIES = ("info", "warning", "critical")
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
+       "!=": operator.ne}
+SIGNATURE_HEADER = "X-Recaudit-Signature"
+
+
+@dataclass
+class Condition:
+    key: str  # stable: the rule's name, or the finding's fingerprint
+    rule: str
+    severity: str
+    message: str
+    metrics: dict
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp.now("UTC").tz_localize(None)
+
+
+def conditions(store: st.Store, run: dict, settings: dict) -> tuple[dict[str, Condition], set[str]]:
+    """The conditions open after `run` and the ones it could have seen (so that a condition
+    of an audit the run did not include is not taken for resolved)."""
+    open_now: dict[str, Condition] = {}
+    checked: set[str] = set()
+    ran = set(run["audits"])
+    if settings["findings"]:
+        floor = SEVERITIES.index(settings["findings"])
+        for audit, result in run["audits"].items():
+            for f in result["findings"]:
+                if SEVERITIES.index(f["severity"]) >= floor:
+                    open_now[f"finding:{f['fingerprint']}"] = Condition(
+                        f"finding:{f['fingerprint']}", f"{audit}.{f['kind'] or 'finding'}", f["severity"], f["message"],
+                        {f["key"]: f["value"]} if f["value"] is not None else {})
+    for rule in settings["rules"]:
+        key = f"rule:{rule['name']}"
+        checked.add(key)
+        hit = _rule_holds(store, run, rule)
+        if hit is not None:
+            open_now[key] = Condition(key, rule["name"], rule.get("severity", "warning"), hit[0], hit[1])
+    return open_now, checked | {k for k in open_now} | {"audit:" + a for a in ran}
+
+
+def _rule_holds(store: st.Store, run: dict, rule: dict) -> tuple[str, dict] | None:
+    """(message, metrics) when the rule held in this run and the `for_runs` - 1 before it."""
+    n = rule.get("for_runs", 1)
+    until = pd.Timestamp(run["window"]["until"])
+    if "metric" in rule:
+        key, op, threshold = rule["metric"], rule["op"], rule["threshold"]
+        value = _metric(run, key)
+        if value is None or not OPS[op](value, threshold):
+            return None
+        earlier = store.metric_history([key], until, n - 1) if n > 1 else pd.DataFrame({"value": []})
+        if len(earlier) < n - 1 or not all(v is not None and OPS[op](v, threshold) for v in earlier["value"]):
+            return None
+        runs = f" for {n} runs in a row" if n > 1 else ""
+        return (f"{rule['name']}: {key} = {value:.4g} {op} {threshold:g}{runs}", {key: value})
+    kinds = [f for a in run["audits"].values() for f in a["findings"] if f["kind"] == rule["finding"]]
+    if not kinds:
+        return None
+    if n > 1:
+        earlier = [r for r in store.runs() if pd.Timestamp(r["until"]) < until and r["document"]][: n - 1]
+        if len(earlier) < n - 1 or not all(any(f["kind"] == rule["finding"] for a in r["document"]["audits"].values()
+                                               for f in a["findings"]) for r in earlier):
+            return None
+    return (f"{rule['name']}: {kinds[0]['message']}", {kinds[0]["key"]: kinds[0]["value"]})
+
+
+def _metric(run: dict, key: str) -> float | None:
+    for result in run["audits"].values():
+        if key in result["metrics"]:
+            return result["metrics"][key]
+    return None
+
+
+def evaluate(store: st.Store, run: dict, settings: dict, link: str) -> list[str]:
+    """Write the alerts `run` causes to the outbox, with their deliveries, in one transaction;
+    returns their ids. Running it twice for the same run writes nothing more."""
+    open_now, checked = conditions(store, run, settings)
+    with store.engine.connect() as conn:
+        were_open = {row.condition: row for row in conn.execute(select(st.open_conditions))}
+    created = []
+    webhooks = [w["name"] for w in settings["webhooks"]]
+    now = _now()
+    try:
+        with store.transaction() as conn:
+            for key, c in open_now.items():
+                if key in were_open:
+                    continue  # still open: already sent
+                alert_id = _write(conn, run, key, "firing", c.rule, c.severity, c.message, c.metrics, link, webhooks, now)
+                conn.execute(st.open_conditions.insert().values(condition=key, alert_id=alert_id,
+                                                                opened_run_id=run["run_id"]))
+                created.append(alert_id)
+            for key, row in were_open.items():
+                if key in open_now or not _could_see(key, row, checked, conn):
+                    continue
+                first = json.loads(conn.execute(select(st.alerts.c.payload).where(
+                    st.alerts.c.id == row.alert_id)).scalar_one())
+                alert_id = _write(conn, run, key, "resolved", first["rule"], first["severity"],
+                                  f"resolved: {first['message']}", {}, link, webhooks, now)
+                conn.execute(st.open_conditions.delete().where(st.open_conditions.c.condition == key))
+                created.append(alert_id)
+    except IntegrityError:  # this run was evaluated already (the alert ids are derived from it)
+        return []
+    return created
+
+
+def _could_see(key: str, row, checked: set[str], conn) -> bool:
+    """Whether this run could have seen the condition: a rule it checked, or a finding of an
+    audit it ran."""
+    if key.startswith("rule:"):
+        return key in checked
+    payload = json.loads(conn.execute(select(st.alerts.c.payload).where(st.alerts.c.id == row.alert_id)).scalar_one())
+    return "audit:" + payload["rule"].split(".")[0] in checked
+
+
+def _write(conn, run: dict, key: str, status: str, rule: str, severity: str, message: str, metrics: dict,
+           link: str, webhooks: list[str], now: pd.Timestamp) -> str:
+    alert_id = hashlib.sha256(f"{run['run_id']}|{key}|{status}".encode()).hexdigest()[:32]
+    payload = {"schema": SCHEMA, "alert_id": alert_id, "status": status, "condition": key, "rule": rule,
+               "severity": severity, "message": message, "metrics": metrics, "run_id": run["run_id"],
+               "window": run["window"], "link": link, "created_at": now.isoformat()}
+    conn.execute(st.alerts.insert().values(id=alert_id, created_at=now, run_id=run["run_id"], condition=key,
+                                           status=status, severity=severity, payload=json.dumps(payload)))
+    for name in webhooks:
+        conn.execute(st.alert_deliveries.insert().values(alert_id=alert_id, webhook=name, status="pending", attempts=0,
+                                                         next_attempt_at=now))
+    return alert_id
+
+
+def link_for(settings: dict, page: Path, run_id: int) -> str:
+    if settings["report_url"]:
+        return f"{settings['report_url'].rstrip('/')}/runs/{run_id}/index.html"
+    return page.resolve().as_uri()
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery.
+
+def body_for(payload: dict, fmt: str) -> bytes:
+    if fmt == "slack":
+        text = f"[{payload['status'].upper()}] {payload['severity']}: {payload['message']} (run {payload['run_id']}"
+        text += f", {payload['link']})" if payload.get("link") else ")"
+        return json.dumps({"text": text}).encode()
+    return json.dumps(payload, sort_keys=True).encode()
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post(webhook: dict, payload: dict) -> None:
+    """POST one alert; raises on anything but a 2xx answer within the timeout."""
+    body = body_for(payload, webhook.get("format", "json"))
+    headers = {"Content-Type": "application/json", "User-Agent": "recaudit",
+               "Idempotency-Key": payload["alert_id"], "X-Recaudit-Alert-Id": payload["alert_id"]}
+    if webhook.get("secret_env"):
+        secret = os.environ.get(webhook["secret_env"])
+        if not secret:
+            raise RuntimeError(f"the environment variable {webhook['secret_env']} (the webhook's secret) is not set")
+        headers[SIGNATURE_HEADER] = sign(body, secret)
+    request = urllib.request.Request(webhook["url"], data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=webhook.get("timeout", 5.0)) as response:  # noqa: S310 (configured URL)
+        response.read()
+
+
+def deliver(store: st.Store, settings: dict, now: pd.Timestamp | None = None) -> dict:
+    """Post every delivery that is due; failures are retried later with exponential backoff.
+    Returns counts: delivered, failed (will be retried), waiting (not yet due)."""
+    now = now or _now()
+    webhooks = {w["name"]: w for w in settings["webhooks"]}
+    query = (select(st.alert_deliveries, st.alerts.c.payload)
+             .join(st.alerts, st.alerts.c.id == st.alert_deliveries.c.alert_id)
+             .where(st.alert_deliveries.c.status == "pending").order_by(st.alerts.c.created_at, st.alerts.c.id))
+    with store.engine.connect() as conn:
+        pending = conn.execute(query).mappings().all()
+    counts = {"delivered": 0, "failed": 0, "waiting": 0, "unknown_webhook": 0}
+    for row in pending:
+        hook = webhooks.get(row["webhook"])
+        if hook is None:
+            counts["unknown_webhook"] += 1  # kept: it is delivered if the webhook is configured again
+            continue
+        if pd.Timestamp(row["next_attempt_at"]) > now:
+            counts["waiting"] += 1
+            continue
+        where = (st.alert_deliveries.c.alert_id == row["alert_id"]) & (st.alert_deliveries.c.webhook == row["webhook"])
+        attempts = row["attempts"] + 1
+        try:
+            post(hook, json.loads(row["payload"]))
+        except Exception as exc:  # any failure is retried: nothing is lost
+            delay = min(settings["max_backoff_seconds"], settings["backoff_seconds"] * 2 ** (attempts - 1))
+            values = {"attempts": attempts, "last_error": describe_error(exc),
+                      "next_attempt_at": now + pd.Timedelta(seconds=delay)}
+            counts["failed"] += 1
+        else:
+            values = {"attempts": attempts, "status": "delivered", "delivered_at": _now(), "last_error": None}
+            counts["delivered"] += 1
+        with store.transaction() as conn:
+            conn.execute(update(st.alert_deliveries).where(where).values(**values))
+    return counts
+
+
+def describe_error(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def outbox(store: st.Store) -> list[dict]:
+    """Every alert, newest first, with the state of its deliveries."""
+    with store.engine.connect() as conn:
+        alerts = conn.execute(select(st.alerts).order_by(st.alerts.c.created_at.desc(), st.alerts.c.id)).mappings().all()
+        deliveries = conn.execute(select(st.alert_deliveries)).mappings().all()
+    by_alert: dict[str, list] = {}
+    for d in deliveries:
+        by_alert.setdefault(d["alert_id"], []).append(
+            {"webhook": d["webhook"], "status": d["status"], "attempts": d["attempts"], "last_error": d["last_error"],
+             "next_attempt_at": str(d["next_attempt_at"]), "delivered_at": str(d["delivered_at"] or "") or None})
+    return [{**json.loads(a["payload"]), "deliveries": by_alert.get(a["id"], [])} for a in alerts]
+
+
+def test_payload() -> dict:
+    now = _now()
+    return {"schema": SCHEMA, "alert_id": "test-" + hashlib.sha256(now.isoformat().encode()).hexdigest()[:16],
+            "status": "test", "condition": "test", "rule": "test", "severity": "info",
+            "message": "a test alert from recaudit: this webhook is reachable and verifies the signature",
+            "metrics": {}, "run_id": None, "window": None, "link": None, "created_at": now.isoformat()}

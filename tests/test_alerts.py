@@ -1,0 +1,242 @@
+"""Alerts against real HTTP servers on 127.0.0.1: payload and signature verify, a receiver that
+is down gets the alert once it is back, failures and timeouts are retried, an open condition
+is sent once, and its resolution once."""
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pandas as pd
+import pytest
+
+from audits import config as configuration
+from conftest import run_cli
+from reports import alerts
+from recsys.formats import InputError
+
+SECRET_ENV = "RECAUDIT_TEST_WEBHOOK_SECRET"
+
+
+class Receiver:
+    """A webhook receiver: answers each request with the next planned (status, delay)."""
+
+    def __init__(self, port: int = 0, plan=()):
+        self.requests, self.plan = [], list(plan)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, delay = outer.plan.pop(0) if outer.plan else (200, 0)
+                time.sleep(delay)
+                outer.requests.append({"headers": dict(self.headers), "body": body, "status": status})
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def settings(url, **webhook):
+    s = configuration.load()["alerts"]
+    s["webhooks"] = [{"name": "oncall", "url": url, "secret_env": SECRET_ENV, "timeout": 2.0, **webhook}]
+    return s
+
+
+def finding(kind="fairness_gap", key="fairness.rmse_gap.sex", severity="warning", audit="fairness"):
+    from audits.result import Finding
+
+    return Finding(audit, key, severity, f"{key} is too large", 0.4, 0.2, kind=kind).to_dict()
+
+
+def run_document(run_id, day, audits):
+    since = pd.Timestamp("2024-01-01") + pd.Timedelta(days=day)
+    return {"run_id": run_id, "status": "findings",
+            "window": {"since": since.isoformat(), "until": (since + pd.Timedelta(days=1)).isoformat()},
+            "audits": {name: {"status": "findings" if fs else "ok", "metrics": metrics, "findings": fs,
+                              "details": {}, "error": None, "seconds": 0.1}
+                       for name, (metrics, fs) in audits.items()}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_payload_follows_the_schema_and_its_signature_verifies(store, receiver, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    s = settings(receiver.url)
+    [alert_id] = alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "file:///r/1")
+    assert alerts.deliver(store, s)["delivered"] == 1
+    [request] = receiver.requests
+    body = request["body"]
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request["headers"][alerts.SIGNATURE_HEADER], expected)
+    assert request["headers"]["Idempotency-Key"] == alert_id
+    payload = json.loads(body)
+    assert payload["schema"] == "recaudit.alert/1" and payload["status"] == "firing"
+    assert payload["severity"] == "warning" and payload["rule"] == "fairness.fairness_gap"
+    assert payload["metrics"] == {"fairness.rmse_gap.sex": 0.4} and payload["run_id"] == 1
+    assert payload["link"] == "file:///r/1" and payload["message"] == "fairness.rmse_gap.sex is too large"
+    assert alerts.deliver(store, s)["delivered"] == 0  # delivered once, never again
+
+
+def test_a_receiver_that_is_down_gets_the_alert_once_it_is_back(store, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "k")
+    port = free_port()
+    s = settings(f"http://127.0.0.1:{port}/hook")
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+    assert alerts.deliver(store, s) == {"delivered": 0, "failed": 1, "waiting": 0, "unknown_webhook": 0}
+    [state] = alerts.outbox(store)[0]["deliveries"]
+    assert state["status"] == "pending" and "unreachable" in state["last_error"]
+    assert alerts.deliver(store, s)["waiting"] == 1  # not due yet: backing off
+    up = Receiver(port)
+    try:
+        later = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(hours=2)
+        assert alerts.deliver(store, s, now=later)["delivered"] == 1
+        assert alerts.deliver(store, s, now=later + pd.Timedelta(hours=2))["delivered"] == 0
+        assert len(up.requests) == 1
+    finally:
+        up.close()
+
+
+def test_a_500_is_retried_with_exponential_backoff_until_accepted(store, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "k")
+    r = Receiver(plan=[(500, 0), (503, 0), (200, 0)])
+    try:
+        s = settings(r.url)
+        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+        now = pd.Timestamp.now("UTC").tz_localize(None)
+        assert alerts.deliver(store, s, now=now)["failed"] == 1
+        first = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
+        assert alerts.deliver(store, s, now=first)["failed"] == 1
+        second = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
+        assert (first - now).total_seconds() == pytest.approx(30) and (second - first).total_seconds() == pytest.approx(60)
+        assert alerts.deliver(store, s, now=second)["delivered"] == 1
+        assert [q["status"] for q in r.requests] == [500, 503, 200]
+        assert len({q["headers"]["Idempotency-Key"] for q in r.requests}) == 1  # the receiver can deduplicate
+        assert alerts.outbox(store)[0]["deliveries"][0]["attempts"] == 3
+    finally:
+        r.close()
+
+
+def test_a_slow_receiver_times_out_and_gets_the_alert_on_retry(store, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "k")
+    r = Receiver(plan=[(200, 1.5)])
+    try:
+        s = settings(r.url, timeout=0.3)
+        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+        assert alerts.deliver(store, s)["failed"] == 1
+        assert "timed out" in alerts.outbox(store)[0]["deliveries"][0]["last_error"]
+        later = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(minutes=5)
+        assert alerts.deliver(store, s, now=later)["delivered"] == 1
+    finally:
+        r.close()
+
+
+def test_an_open_condition_is_sent_once_across_runs_and_its_resolution_once(store, receiver, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "k")
+    s = settings(receiver.url)
+    gap = finding()
+    sent = [alerts.evaluate(store, run_document(i, i, {"fairness": ({}, fs)}), s, "")
+            for i, fs in enumerate([[gap], [gap], [], []], start=1)]
+    assert [len(x) for x in sent] == [1, 0, 1, 0]
+    alerts.deliver(store, s)
+    statuses = [json.loads(q["body"])["status"] for q in receiver.requests]
+    assert statuses == ["firing", "resolved"]
+    assert json.loads(receiver.requests[1]["body"])["message"].startswith("resolved: ")
+    assert alerts.evaluate(store, run_document(4, 4, {"fairness": ({}, [])}), s, "") == []  # same run again: nothing
+
+
+def test_a_run_without_the_audit_does_not_resolve_its_condition(store, monkeypatch):
+    s = settings("http://127.0.0.1:9/hook")
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+    assert alerts.evaluate(store, run_document(2, 1, {"drift": ({}, [])}), s, "") == []
+
+
+def test_a_metric_rule_fires_after_its_consecutive_runs(store, receiver, tmp_path):
+    s = settings(receiver.url, secret_env="")
+    s["findings"] = ""
+    s["rules"] = [{"name": "gini-high", "metric": "feedback.gini", "op": ">", "threshold": 0.8, "for_runs": 2}]
+    fired = []
+    for day, gini in enumerate([0.9, 0.7, 0.85, 0.9, 0.5]):
+        doc = run_document(None, day, {"feedback": ({"feedback.gini": gini}, [])})
+        doc["run_id"] = store.start_run(doc["window"]["since"], doc["window"]["until"], ["feedback"])
+        store.finish_run(doc["run_id"], doc, tmp_path)
+        created = alerts.evaluate(store, doc, s, "")
+        fired.append(alerts.outbox(store)[0]["status"] if created else None)
+    assert fired == [None, None, None, "firing", "resolved"]
+    assert "feedback.gini = 0.9 > 0.8 for 2 runs in a row" in alerts.outbox(store)[1]["message"]
+
+
+def test_slack_webhooks_get_a_text_payload(store, receiver):
+    s = settings(receiver.url, format="slack", secret_env="")
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "file:///x")
+    alerts.deliver(store, s)
+    text = json.loads(receiver.requests[0]["body"])["text"]
+    assert text.startswith("[FIRING] warning: fairness.rmse_gap.sex is too large") and "file:///x" in text
+    assert alerts.SIGNATURE_HEADER not in receiver.requests[0]["headers"]
+
+
+def test_a_missing_secret_keeps_the_alert_pending_with_the_reason(store, receiver, monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    s = settings(receiver.url)
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+    assert alerts.deliver(store, s)["failed"] == 1 and receiver.requests == []
+    assert SECRET_ENV in alerts.outbox(store)[0]["deliveries"][0]["last_error"]
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[[alerts.rules]]\nname = "x"\nmetric = "feedback.gini"\n', "needs op"),
+    ('[[alerts.rules]]\nname = "x"\nmetric = "a"\nop = ">"\nthreshold = 1\nfinding = "b"\n', "either metric"),
+    ('[[alerts.rules]]\nname = "x"\nfinding = "b"\ncolour = "red"\n', "unknown setting 'colour'"),
+    ('[[alerts.webhooks]]\nname = "w"\nurl = "ftp://x"\n', "http:// or https://"),
+])
+def test_bad_alert_settings_are_input_errors(tmp_path, toml, message):
+    (tmp_path / "recaudit.toml").write_text(toml)
+    with pytest.raises(InputError, match=message):
+        configuration.load(tmp_path / "recaudit.toml")
+
+
+def test_cli_audit_sends_alerts_and_the_operator_commands_drive_them(recaudit_bin, receiver, tmp_path):
+    from recsys.simulate import Config, simulate
+
+    simulate(tmp_path / "data", Config(users=300, movies=120, days=3, seed=7, inject=("corrupt",)))
+    db = str(tmp_path / "a.db")
+    toml = tmp_path / "recaudit.toml"
+    toml.write_text(f'[[alerts.webhooks]]\nname = "oncall"\nurl = "{receiver.url}"\n')
+    assert run_cli(recaudit_bin, "ingest", "--db", db, str(tmp_path / "data")).returncode == 0
+    done = run_cli(recaudit_bin, "audit", "--db", db, "--config", str(toml), "--only", "validation",
+                   "--since", "2024-01-02", "--out", str(tmp_path / "r"))
+    assert done.returncode == 1 and b"alerts:" in done.stdout  # critical findings: malformed lines
+    listed = json.loads(run_cli(recaudit_bin, "alerts", "list", "--db", db, "--json").stdout)["alerts"]
+    assert listed and all(d["status"] == "delivered" for a in listed for d in a["deliveries"])
+    assert len(receiver.requests) == len(listed)
+    assert run_cli(recaudit_bin, "alerts", "deliver", "--db", db, "--config", str(toml)).returncode == 0
+    assert len(receiver.requests) == len(listed)  # nothing is sent twice
+    assert run_cli(recaudit_bin, "alerts", "test", "--config", str(toml)).returncode == 0
+    assert json.loads(receiver.requests[-1]["body"])["status"] == "test"
+    toml.write_text('[[alerts.webhooks]]\nname = "down"\nurl = "http://127.0.0.1:9/hook"\ntimeout = 1\n')
+    assert run_cli(recaudit_bin, "alerts", "test", "--config", str(toml)).returncode == 1

@@ -1,0 +1,156 @@
+"""Online quality: success rate and MRR on hand-written logs with known answers, availability
+and latency against numpy, the server comparison against scipy, and no alarm from a handful of
+unlucky requests."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from audits import config as configuration
+from audits import online
+from audits import run as runs
+from audits.ingest import ingest
+from conftest import run_cli
+from recsys.simulate import Config, simulate
+
+MOVIES = [f"m{i}+2001" for i in range(20)]
+
+
+def rec(time, user, server="a", status=200, latency=100, movies=MOVIES):
+    result = ", ".join(movies) if status == 200 else "java.util.concurrent.TimeoutException: timeout after 800 ms"
+    return f"{time},{user},recommendation request {server}, status {status}, result: {result}, {latency} ms"
+
+
+def watch(time, user, movie, minute=0):
+    return f"{time},{user},GET /data/m/{movie}/{minute}.mpg"
+
+
+def audit(store, tmp_path, lines, config=None):
+    (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
+    ingest(store, [str(tmp_path / "e.log")])
+    return runs.run(store, "2024-01-01", "2024-01-02", config or configuration.load(), ["online"], tmp_path
+                    ).results["online"]
+
+
+def test_success_and_mrr_of_hand_written_logs_with_the_edge_cases(store, tmp_path):
+    lines = [
+        rec("2024-01-01T10:00:00.000000", 1),
+        watch("2024-01-01T10:15:00", 1, MOVIES[4]),  # exactly 15 minutes later: a success at rank 5
+        rec("2024-01-01T11:00:00.000000", 2),
+        watch("2024-01-01T10:59:00", 2, MOVIES[0]),  # before the recommendation: not a success
+        watch("2024-01-01T11:15:01", 2, MOVIES[0]),  # 15 minutes and a second: too late
+        rec("2024-01-01T12:00:00.000000", 3),  # two recommendations to one user, one watch after both
+        rec("2024-01-01T12:05:00.000000", 3),
+        watch("2024-01-01T12:10:00", 3, MOVIES[1]),  # rank 2 of both
+        rec("2024-01-01T13:00:00.000000", 4),
+        watch("2024-01-01T13:01:00", 4, "elsewhere+1999"),  # watched, but nothing recommended
+        rec("2024-01-01T14:00:00.000000", 5, status=0, latency=815),  # failed: counts for availability only
+    ]
+    result = audit(store, tmp_path, lines)
+    m = result.metrics
+    assert m["online.requests"] == 6 and m["online.availability"] == pytest.approx(5 / 6)
+    assert m["online.success_rate"] == pytest.approx(3 / 5)
+    assert m["online.mrr"] == pytest.approx((1 / 5 + 0 + 1 / 2 + 1 / 2 + 0) / 5)
+
+
+def test_the_first_watched_movie_gives_the_reciprocal_rank():
+    t = pd.Timestamp("2024-01-01 10:00")
+    recs = pd.DataFrame({"source_id": 1, "line": [1], "time": [t], "user_id": [1], "server": "a", "status": 200,
+                         "n_items": 3})
+    items = pd.DataFrame({"source_id": 1, "line": 1, "rank": [1, 2, 3], "movie_id": ["a", "b", "c"]})
+    watches = pd.DataFrame({"user_id": [1, 1], "movie_id": ["c", "a"],
+                            "time": [t + pd.Timedelta("2min"), t + pd.Timedelta("9min")]})
+    assert online.follow_ups(recs, items, watches)["first_rank"].tolist() == [3]
+
+
+def test_availability_and_latency_percentiles_equal_numpy(store, tmp_path):
+    rng = np.random.default_rng(0)
+    latency = rng.integers(20, 900, 300)
+    lines = [rec(f"2024-01-01T10:{i // 60:02d}:{i % 60:02d}.000000", i, latency=int(v)) for i, v in enumerate(latency)]
+    m = audit(store, tmp_path, lines).metrics
+    for q in (50, 95, 99):
+        assert m[f"online.latency_p{q}"] == pytest.approx(np.percentile(latency, q))
+    assert m["online.availability"] == 1.0 and m["online.success_rate"] == 0.0 and m["online.mrr"] == 0.0
+
+
+def test_two_proportion_test_equals_scipys_chi_square():
+    table = np.array([[120, 880], [90, 910]])
+    expected = stats.chi2_contingency(table, correction=False).pvalue
+    assert online.two_proportions(120, 1000, 90, 1000) == pytest.approx(expected)
+
+
+def ab_log(success_a, success_b, n=400):
+    lines = []
+    for server, successes, base in (("a", success_a, 0), ("b", success_b, n)):
+        for i in range(n):
+            user, minute = base + i + 1, i % 600
+            time = f"2024-01-01T{minute // 60:02d}:{minute % 60:02d}"
+            lines.append(rec(time + ":00.000000", user, server=server))
+            if i < successes:
+                lines.append(watch(time + ":30", user, MOVIES[0]))
+    return sorted(lines)
+
+
+def test_a_server_that_succeeds_less_often_beyond_chance_is_a_finding(store, tmp_path):
+    result = audit(store, tmp_path, ab_log(240, 160))
+    m = result.metrics
+    assert m["online.success_rate.server.a"] == pytest.approx(0.6) and m["online.success_rate.server.b"] == 0.4
+    assert m["online.success_rate_p.server"] == pytest.approx(online.two_proportions(240, 400, 160, 400))
+    [finding] = [f for f in result.findings if f.kind == "server_difference"]
+    assert "server b succeeds less often than server a: 40.0% of 400" in finding.message
+
+
+def test_servers_that_differ_by_chance_raise_nothing(store, tmp_path):
+    result = audit(store, tmp_path, ab_log(200, 190))
+    assert not [f for f in result.findings if f.kind == "server_difference"]
+
+
+def test_availability_alarm_needs_more_than_a_few_unlucky_requests():
+    settings = configuration.load()["online"]
+    few = {"online.availability": 213 / 220, "online.requests": 220, "online.latency_p99": 200.0}
+    many = {"online.availability": 0.9, "online.requests": 5000, "online.latency_p99": 200.0}
+    assert online._findings(few, [], settings) == []
+    [finding] = online._findings(many, [], settings)
+    assert finding.kind == "availability" and "only 90.0% of 5,000" in finding.message
+    assert online.wilson_upper(213, 220, 0.01) > 0.98 > online.wilson_upper(4500, 5000, 0.01)
+
+
+def test_cli_online_audit_on_the_simulator_reports_per_server(recaudit_bin, db_url, tmp_path):
+    data = tmp_path / "data"
+    simulate(data, Config(users=600, movies=150, days=2, seed=1))
+    assert run_cli(recaudit_bin, "ingest", "--db", db_url, str(data)).returncode == 0
+    done = run_cli(recaudit_bin, "audit", "--db", db_url, "--only", "online", "--since", "2024-01-01",
+                   "--until", "2024-01-03", "--out", str(tmp_path / "r"), "--json")
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)["audits"]["online"]["metrics"]
+    assert 0.3 < m["online.success_rate"] < 0.9 and 0.95 < m["online.availability"] < 1
+    assert {"online.success_rate.server.recs-a.example.org:8082", "online.success_rate.server.recs-b.example.org:8082",
+            "online.success_rate_diff.server", "online.success_rate_p.server"} <= set(m)
+
+
+@pytest.mark.parametrize("horizon", ["15min", "40min"])
+def test_watch_spans_give_the_same_follow_ups_as_every_watch(store, tmp_path, horizon):
+    data = tmp_path / "data"
+    simulate(data, Config(users=400, movies=100, days=2, seed=2))
+    ingest(store, [str(data)])
+    since, until = pd.Timestamp("2024-01-01 05:00"), pd.Timestamp("2024-01-02 03:00")
+    recs, items = store.read("recommendations", since, until), store.read("items", since, until)
+    every = store.read("watches", since, until + pd.Timedelta(horizon))
+    followed = store.followed_items(since, until, pd.Timedelta(horizon))
+    assert len(followed) < len(items) / 2  # only movies the user watched come back
+    exact = online.follow_ups(recs, items, every, horizon)
+    pd.testing.assert_frame_equal(exact, online.follow_ups_from_spans(recs, followed, horizon))
+    pd.testing.assert_frame_equal(exact, online.followed_requests(store, since, until, horizon))
+    assert 0.3 < exact.success.mean() < 0.9
+
+
+def test_a_horizon_shorter_than_a_span_reads_every_watch(store, tmp_path):
+    lines = [rec("2024-01-01T10:00:00.000000", 1), watch("2024-01-01T10:04:00", 1, MOVIES[2]),
+             rec("2024-01-01T11:00:00.000000", 2), watch("2024-01-01T11:06:00", 2, MOVIES[2])]
+    (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
+    ingest(store, [str(tmp_path / "e.log")])
+    out = online.followed_requests(store, pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-02"), "5min")
+    assert out.success.tolist() == [True, False]

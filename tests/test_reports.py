@@ -1,0 +1,80 @@
+"""Reports open in a real headless browser (Debian's Chromium) from disk: nothing requested
+beyond the files, no console errors, the findings and charts there, readable on a phone, and
+data that looks like HTML shown as text. A screenshot of each page is kept as a test artifact."""
+
+import pandas as pd
+import pytest
+
+from conftest import ARTIFACTS, open_page, run_cli
+from recsys.simulate import Config, simulate
+
+HOSTILE = "<script>alert('owned')</script> & <b>bold</b>"
+
+
+@pytest.fixture(scope="module")
+def published(recaudit_bin, tmp_path_factory):
+    """Three daily runs of every audit over a simulated service with the feedback and fairness
+    faults, in which every movie's title carries markup."""
+    root = tmp_path_factory.mktemp("reports")
+    data = root / "data"
+    simulate(data, Config(users=1500, movies=200, days=6, seed=3, inject=("feedback", "fairness")))
+    movies = pd.read_csv(data / "movies.csv", dtype=str, keep_default_na=False)
+    movies["title"] = HOSTILE + " " + movies["title"]
+    movies.to_csv(data / "movies.csv", index=False)
+    db, out = str(root / "r.db"), root / "site"
+    (root / "recaudit.toml").write_text("[fairness]\nmin_group_size = 30\nresamples = 50\n")
+    assert run_cli(recaudit_bin, "ingest", "--db", db, str(data)).returncode == 0
+    assert run_cli(recaudit_bin, "train", "--db", db, "--until", "2024-01-04", "--factors", "8",
+                   "--models", str(root / "models")).returncode == 0
+    for day in ("2024-01-04", "2024-01-05", "2024-01-06"):
+        done = run_cli(recaudit_bin, "audit", "--db", db, "--config", str(root / "recaudit.toml"), "--since", day,
+                       "--out", str(out))
+        assert done.returncode in (0, 1) and b"Traceback" not in done.stderr, done.stderr  # 1: critical findings
+    return {"db": db, "out": out, "root": root}
+
+
+def test_the_run_page_shows_findings_and_charts_offline_without_errors(chromium, published):
+    page = sorted((published["out"] / "runs").iterdir(), key=lambda p: int(p.name))[-1] / "index.html"
+    seen = open_page(chromium, page, "run-page")
+    assert all(url.startswith("file://") for url in seen["requests"]), seen["requests"]
+    assert seen["errors"] == [] and seen["dialogs"] == []
+    assert seen["findings"] >= 1 and "feedback loop suspected" in seen["text"]
+    assert seen["charts"] >= 4  # Lorenz curve, correlation scatter, concentration trend, fairness intervals
+    for section in ("validation", "drift", "fairness", "feedback", "online"):
+        assert f"{section}\n" in seen["text"] or f"{section} " in seen["text"]
+    assert (ARTIFACTS / "run-page.png").stat().st_size > 10_000
+
+
+def test_the_dashboard_lists_runs_newest_first_with_trends(chromium, published):
+    seen = open_page(chromium, published["out"] / "index.html", "dashboard")
+    assert all(url.startswith("file://") for url in seen["requests"]) and seen["errors"] == []
+    assert seen["run_links"] == 3 and seen["charts"] >= 3
+    html = (published["out"] / "index.html").read_text()
+    assert html.index("2024-01-06") < html.index("2024-01-05") < html.index("2024-01-04")
+
+
+def test_pages_read_on_a_phone_without_sideways_scrolling(chromium, published):
+    for name, page in (("dashboard-phone", published["out"] / "index.html"),
+                       ("run-page-phone", next((published["out"] / "runs").iterdir()) / "index.html")):
+        seen = open_page(chromium, page, name, viewport=(390, 844))
+        assert seen["overflow"] <= 1, name  # wide tables scroll inside their own box
+
+
+def test_titles_that_look_like_html_are_shown_as_text(chromium, published):
+    page = sorted((published["out"] / "runs").iterdir(), key=lambda p: int(p.name))[-1] / "index.html"
+    html = page.read_text()
+    assert "&lt;script&gt;alert(" in html and "<script>alert(" not in html
+    seen = open_page(chromium, page, "escaped")
+    assert HOSTILE in seen["text"] and seen["dialogs"] == []
+
+
+def test_report_renders_every_page_again_from_the_database(recaudit_bin, published):
+    again = published["root"] / "again"
+    done = run_cli(recaudit_bin, "report", "--db", published["db"], "--out", str(again))
+    assert done.returncode == 0 and b"dashboard:" in done.stdout
+    runs = sorted(p.name for p in (again / "runs").iterdir())
+    assert runs == sorted(p.name for p in (published["out"] / "runs").iterdir())
+    first = again / "runs" / runs[0]
+    assert (first / "index.html").exists() and (first / "drift.html").exists()  # evidently's report came along
+    original = (published["out"] / "runs" / runs[0] / "index.html").read_text()
+    assert (first / "index.html").read_text() == original

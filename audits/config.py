@@ -58,6 +58,7 @@ DEFAULTS: dict = {
         "window": "7d",  # evaluate at least this far back from the window's end (after the model's cutoff)
         "dimensions": ["sex", "age", "occupation"],
         "min_group_size": 100,  # ratings; smaller groups are reported as insufficient, without a verdict
+        "min_group_users": 20,  # users, likewise
         "resamples": 200,  # bootstrap resamples of users
         "confidence": 0.95,
         "seed": 0,

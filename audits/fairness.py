@@ -44,6 +44,7 @@ class GroupMetrics:
     user: np.ndarray  # who gave each rating
     group: np.ndarray  # the user's group in this dimension
     min_group_size: int = 100  # ratings; smaller groups get no verdict
+    min_group_users: int = 20  # and users: one user's ratings say little about a group
     resamples: int = 200
     seed: int = 0
     confidence: float = 0.95
@@ -75,7 +76,7 @@ class GroupMetrics:
             "rmse": np.sqrt(np.bincount(code, weights=sse, minlength=len(labels)) / sizes),
             "mae": np.bincount(code, weights=sae, minlength=len(labels)) / sizes,
         }, index=pd.Index(labels, name="group"))
-        table["sufficient"] = table["n"] >= self.min_group_size
+        table["sufficient"] = (table["n"] >= self.min_group_size) & (table["users"] >= self.min_group_users)
         return table
 
     @cached_property
@@ -112,16 +113,24 @@ class GroupMetrics:
         return 1 - (1 - self.confidence) / max(1, m * (m - 1) // 2)
 
     def difference_interval(self, metric: str = "rmse") -> Interval:
-        """The interval of worst − best, the same two groups in every resample."""
+        """The interval of worst − best, from the spread of the same two groups' difference over
+        the resamples (gap ± z·sd: a few hundred resamples cannot place the far percentiles a
+        Bonferroni-adjusted level asks for)."""
         pair = self.worst_and_best(metric)
         if pair is None:
             return Interval(None, None)
         at = list(self.by_group.index)
         i = ACCURACY.index(metric)
         draws = self._draws()
-        low, high = _percentiles((draws[:, at.index(pair[0]), i] - draws[:, at.index(pair[1]), i])[:, None],
-                                 self.difference_confidence)
-        return Interval(_float(low[0]), _float(high[0]))
+        spread = draws[:, at.index(pair[0]), i] - draws[:, at.index(pair[1]), i]
+        spread = spread[np.isfinite(spread)]
+        if len(spread) < 2:
+            return Interval(None, None)
+        from scipy.stats import norm
+
+        half = norm.isf((1 - self.difference_confidence) / 2) * float(np.std(spread, ddof=1))
+        gap = self.difference(metric)
+        return Interval(gap - half, gap + half)
 
     def _draws(self) -> np.ndarray:
         """resamples × groups × (rmse, mae): the groups' metrics over resamples of users drawn
@@ -184,7 +193,8 @@ def _with_groups(df: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.Da
 def group_metrics(evaluated: pd.DataFrame, dimension: str, settings: dict) -> GroupMetrics:
     return GroupMetrics((evaluated["prediction"] - evaluated["rating"]).to_numpy(dtype=float),
                         evaluated["user_id"].to_numpy(), evaluated[dimension].to_numpy(),
-                        settings["min_group_size"], settings["resamples"], settings["seed"], settings["confidence"])
+                        min_group_size=settings["min_group_size"], min_group_users=settings["min_group_users"],
+                        resamples=settings["resamples"], seed=settings["seed"], confidence=settings["confidence"])
 
 
 def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.DataFrame | None = None,
@@ -235,10 +245,12 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
             rows.append(out)
         small = table[~table["sufficient"]]
         if len(small):
-            listed = ", ".join(f"{_label(dim, g, age_bins)} ({n} ratings)" for g, n in small["n"].items())
+            listed = ", ".join(f"{_label(dim, g, age_bins)} ({r.n} ratings by {r.users} users)"
+                               for g, r in small.iterrows())
             findings.append(Finding("fairness", f"fairness.n.{dim}", "info",
-                                    f"too few ratings for a verdict on {len(small)} {DIMENSION_WORDS[dim]} group(s) "
-                                    f"(fewer than {settings['min_group_size']}): {listed}", kind="insufficient_group"))
+                                    f"too little data for a verdict on {len(small)} {DIMENSION_WORDS[dim]} group(s) "
+                                    f"(fewer than {settings['min_group_size']} ratings or "
+                                    f"{settings['min_group_users']} users): {listed}", kind="insufficient_group"))
         for metric in ACCURACY:
             findings += _gap(frame, dim, metric, settings, metrics, age_bins)
     return metrics, findings, rows

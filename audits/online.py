@@ -70,9 +70,13 @@ def follow_ups_from_spans(recommendations: pd.DataFrame, followed: pd.DataFrame,
 
 
 def followed_requests(store, since, until, horizon: str = HORIZON) -> pd.DataFrame:
-    """`follow_ups` of the stored requests in [since, until): from the watch spans when the
-    horizon allows (a few rows per watched movie), else from every watch."""
+    """`follow_ups` of the stored requests in [since, until) whose horizon has passed by the
+    latest stored event (a request of the last minutes has not had its chance yet): from the
+    watch spans when the horizon allows (a few rows per watched movie), else from every watch."""
     recommendations = store.read("recommendations", since, until)
+    latest = store.latest_event_time()
+    if latest is not None:
+        recommendations = recommendations[recommendations["time"] + pd.Timedelta(horizon) <= latest]
     if pd.Timedelta(horizon) >= pd.Timedelta(seconds=st.SPAN_SECONDS):
         return follow_ups_from_spans(recommendations, store.followed_items(since, until, pd.Timedelta(horizon)),
                                      horizon)
@@ -165,6 +169,7 @@ def audit(ctx) -> AuditResult:
     horizon = settings["success_horizon"]
     follow = followed_requests(store, since, until, horizon)
     metrics = {f"online.{k}": v for k, v in quality(recommendations, follow).items()}
+    waiting = int(((recommendations["status"] == 200) & (recommendations["n_items"] > 0)).sum()) - len(follow)
     servers = []
     for server, part in recommendations.groupby("server", observed=True):
         values = quality(part, follow[follow["server"] == server])
@@ -174,7 +179,7 @@ def audit(ctx) -> AuditResult:
         metrics.update({f"online.{k}.server.{server}": v for k, v in values.items()})
     findings = _findings(metrics, servers, settings)
     return AuditResult("online", metrics=metrics, findings=findings,
-                       details={"servers": servers, "horizon": horizon})
+                       details={"servers": servers, "horizon": horizon, "awaiting_follow_up": waiting})
 
 
 def _findings(metrics: dict, servers: list[dict], settings: dict) -> list[Finding]:

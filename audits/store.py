@@ -561,6 +561,12 @@ class Store:
         return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "path")},
                  "document": json.loads(row["results"]) if row["results"] else None} for row in rows]
 
+    def newest_window_end(self) -> pd.Timestamp | None:
+        """The latest window end of the finished runs."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(audit_runs.c.until)).where(audit_runs.c.finished_at.is_not(None))).scalar()
+        return None if value is None else pd.Timestamp(value)
+
     def latest_metrics(self) -> pd.DataFrame:
         """(key, value, run_id, until): every metric key's value in the latest finished run that
         recorded it."""

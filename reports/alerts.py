@@ -8,7 +8,7 @@ with the alert id as idempotency key, a timeout, and exponential backoff on fail
 receiver that is down gets every alert once it is back; an alert is never given up.
 
 Payload (JSON, schema "recaudit.alert/1"):
-    {"schema", "alert_id", "status": "firing" | "resolved", "condition", "rule", "severity",
+    {"schema", "alert_id", "status": "firing" | "resolved", "condition", "rule", "audit", "severity",
      "message", "metrics": {key: value}, "run_id", "window": {"since", "until"}, "link",
      "created_at"}
 Slack-compatible webhooks (format = "slack") get {"text": "..."} instead.
@@ -37,12 +37,14 @@ SEVERITIES = ("info", "warning", "critical")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
        "!=": operator.ne}
 SIGNATURE_HEADER = "X-Recaudit-Signature"
+LEASE_SECONDS = 60  # a claimed delivery is retried by others only after its timeout and this
 
 
 @dataclass
 class Condition:
     key: str  # stable: the rule's name, or the finding's fingerprint
     rule: str
+    audit: str  # the audit whose results say whether it holds
     severity: str
     message: str
     metrics: dict
@@ -52,107 +54,100 @@ def _now() -> pd.Timestamp:
     return pd.Timestamp.now("UTC").tz_localize(None)
 
 
-def conditions(store: st.Store, run: dict, settings: dict) -> tuple[dict[str, Condition], set[str]]:
-    """The conditions open after `run` and the ones it could have seen (so that a condition
-    of an audit the run did not include is not taken for resolved)."""
-    open_now: dict[str, Condition] = {}
-    checked: set[str] = set()
-    ran = set(run["audits"])
+def completed(run: dict) -> set[str]:
+    """The audits of a run that looked at the data: an errored audit or one without enough data
+    says nothing about whether a condition cleared."""
+    return {name for name, result in run["audits"].items() if result["status"] in ("ok", "findings")}
+
+
+def conditions(store: st.Store, run: dict, settings: dict) -> dict[str, Condition]:
+    """The conditions that hold after `run`."""
+    found: dict[str, Condition] = {}
     if settings["findings"]:
         floor = SEVERITIES.index(settings["findings"])
         for audit, result in run["audits"].items():
             for f in result["findings"]:
                 if SEVERITIES.index(f["severity"]) >= floor:
-                    open_now[f"finding:{f['fingerprint']}"] = Condition(
-                        f"finding:{f['fingerprint']}", f"{audit}.{f['kind'] or 'finding'}", f["severity"], f["message"],
-                        {f["key"]: f["value"]} if f["value"] is not None else {})
+                    key = f"finding:{f['fingerprint']}"
+                    found[key] = Condition(key, f"{audit}.{f['kind'] or 'finding'}", audit, f["severity"], f["message"],
+                                           {f["key"]: f["value"]} if f["value"] is not None else {})
     for rule in settings["rules"]:
-        key = f"rule:{rule['name']}"
-        checked.add(key)
         hit = _rule_holds(store, run, rule)
         if hit is not None:
-            open_now[key] = Condition(key, rule["name"], rule.get("severity", "warning"), hit[0], hit[1])
-    return open_now, checked | {k for k in open_now} | {"audit:" + a for a in ran}
+            key = f"rule:{rule['name']}"
+            found[key] = Condition(key, rule["name"], hit[0], rule.get("severity", "warning"), hit[1], hit[2])
+    return found
 
 
-def _rule_holds(store: st.Store, run: dict, rule: dict) -> tuple[str, dict] | None:
-    """(message, metrics) when the rule held in this run and the `for_runs` - 1 before it."""
+def _rule_holds(store: st.Store, run: dict, rule: dict) -> tuple[str, str, dict] | None:
+    """(audit, message, metrics) when the rule held in this run and in the `for_runs` - 1 runs
+    of the same audit before it."""
     n = rule.get("for_runs", 1)
     until = pd.Timestamp(run["window"]["until"])
     if "metric" in rule:
         key, op, threshold = rule["metric"], rule["op"], rule["threshold"]
-        value = _metric(run, key)
+        audit = key.split(".")[0]
+        value = run["audits"].get(audit, {}).get("metrics", {}).get(key)
         if value is None or not OPS[op](value, threshold):
             return None
         earlier = store.metric_history([key], until, n - 1) if n > 1 else pd.DataFrame({"value": []})
         if len(earlier) < n - 1 or not all(v is not None and OPS[op](v, threshold) for v in earlier["value"]):
             return None
         runs = f" for {n} runs in a row" if n > 1 else ""
-        return (f"{rule['name']}: {key} = {value:.4g} {op} {threshold:g}{runs}", {key: value})
-    kinds = [f for a in run["audits"].values() for f in a["findings"] if f["kind"] == rule["finding"]]
-    if not kinds:
+        return audit, f"{rule['name']}: {key} = {value:.4g} {op} {threshold:g}{runs}", {key: value}
+    matches = [(a, f) for a, r in run["audits"].items() for f in r["findings"] if f["kind"] == rule["finding"]]
+    if not matches:
         return None
+    audit, first = matches[0]
     if n > 1:
-        earlier = [r for r in store.runs() if pd.Timestamp(r["until"]) < until and r["document"]][: n - 1]
-        if len(earlier) < n - 1 or not all(any(f["kind"] == rule["finding"] for a in r["document"]["audits"].values()
-                                               for f in a["findings"]) for r in earlier):
+        earlier = [r["document"] for r in store.runs() if pd.Timestamp(r["until"]) < until and r["document"]
+                   and audit in completed(r["document"])][: n - 1]
+        if len(earlier) < n - 1 or not all(any(f["kind"] == rule["finding"] for f in doc["audits"][audit]["findings"])
+                                           for doc in earlier):
             return None
-    return (f"{rule['name']}: {kinds[0]['message']}", {kinds[0]["key"]: kinds[0]["value"]})
-
-
-def _metric(run: dict, key: str) -> float | None:
-    for result in run["audits"].values():
-        if key in result["metrics"]:
-            return result["metrics"][key]
-    return None
+    return audit, f"{rule['name']}: {first['message']}", {first["key"]: first["value"]}
 
 
 def evaluate(store: st.Store, run: dict, settings: dict, link: str) -> list[str]:
     """Write the alerts `run` causes to the outbox, with their deliveries, in one transaction;
-    returns their ids. Running it twice for the same run writes nothing more."""
-    open_now, checked = conditions(store, run, settings)
-    with store.engine.connect() as conn:
-        were_open = {row.condition: row for row in conn.execute(select(st.open_conditions))}
-    created = []
+    returns their ids. A condition fires once; it resolves when a later run of its audit
+    (one that completed) no longer shows it. Evaluating the same run again writes nothing."""
+    holding, seen = conditions(store, run, settings), completed(run)
     webhooks = [w["name"] for w in settings["webhooks"]]
-    now = _now()
-    try:
-        with store.transaction() as conn:
-            for key, c in open_now.items():
-                if key in were_open:
-                    continue  # still open: already sent
-                alert_id = _write(conn, run, key, "firing", c.rule, c.severity, c.message, c.metrics, link, webhooks, now)
-                conn.execute(st.open_conditions.insert().values(condition=key, alert_id=alert_id,
-                                                                opened_run_id=run["run_id"]))
-                created.append(alert_id)
-            for key, row in were_open.items():
-                if key in open_now or not _could_see(key, row, checked, conn):
-                    continue
-                first = json.loads(conn.execute(select(st.alerts.c.payload).where(
-                    st.alerts.c.id == row.alert_id)).scalar_one())
-                alert_id = _write(conn, run, key, "resolved", first["rule"], first["severity"],
-                                  f"resolved: {first['message']}", {}, link, webhooks, now)
-                conn.execute(st.open_conditions.delete().where(st.open_conditions.c.condition == key))
-                created.append(alert_id)
-    except IntegrityError:  # this run was evaluated already (the alert ids are derived from it)
-        return []
-    return created
+    for _attempt in range(2):  # a concurrent evaluation may open the same condition first: read again
+        created = []
+        now = _now()
+        try:
+            with store.transaction() as conn:
+                were_open = {row.condition: json.loads(row.payload) for row in conn.execute(
+                    select(st.open_conditions.c.condition, st.alerts.c.payload)
+                    .join(st.alerts, st.alerts.c.id == st.open_conditions.c.alert_id))}
+                for key, c in holding.items():
+                    if key in were_open:
+                        continue  # still open: already sent
+                    alert_id = _write(conn, run, key, "firing", c.rule, c.audit, c.severity, c.message, c.metrics,
+                                      link, webhooks, now)
+                    conn.execute(st.open_conditions.insert().values(condition=key, alert_id=alert_id,
+                                                                    opened_run_id=run["run_id"]))
+                    created.append(alert_id)
+                for key, first in were_open.items():
+                    if key in holding or first["audit"] not in seen:
+                        continue
+                    alert_id = _write(conn, run, key, "resolved", first["rule"], first["audit"], first["severity"],
+                                      f"resolved: {first['message']}", {}, link, webhooks, now)
+                    conn.execute(st.open_conditions.delete().where(st.open_conditions.c.condition == key))
+                    created.append(alert_id)
+            return created
+        except IntegrityError:
+            continue
+    return []
 
 
-def _could_see(key: str, row, checked: set[str], conn) -> bool:
-    """Whether this run could have seen the condition: a rule it checked, or a finding of an
-    audit it ran."""
-    if key.startswith("rule:"):
-        return key in checked
-    payload = json.loads(conn.execute(select(st.alerts.c.payload).where(st.alerts.c.id == row.alert_id)).scalar_one())
-    return "audit:" + payload["rule"].split(".")[0] in checked
-
-
-def _write(conn, run: dict, key: str, status: str, rule: str, severity: str, message: str, metrics: dict,
-           link: str, webhooks: list[str], now: pd.Timestamp) -> str:
+def _write(conn, run: dict, key: str, status: str, rule: str, audit: str, severity: str, message: str,
+           metrics: dict, link: str, webhooks: list[str], now: pd.Timestamp) -> str:
     alert_id = hashlib.sha256(f"{run['run_id']}|{key}|{status}".encode()).hexdigest()[:32]
     payload = {"schema": SCHEMA, "alert_id": alert_id, "status": status, "condition": key, "rule": rule,
-               "severity": severity, "message": message, "metrics": metrics, "run_id": run["run_id"],
+               "audit": audit, "severity": severity, "message": message, "metrics": metrics, "run_id": run["run_id"],
                "window": run["window"], "link": link, "created_at": now.isoformat()}
     conn.execute(st.alerts.insert().values(id=alert_id, created_at=now, run_id=run["run_id"], condition=key,
                                            status=status, severity=severity, payload=json.dumps(payload)))
@@ -218,11 +213,18 @@ def deliver(store: st.Store, settings: dict, now: pd.Timestamp | None = None) ->
             counts["waiting"] += 1
             continue
         where = (st.alert_deliveries.c.alert_id == row["alert_id"]) & (st.alert_deliveries.c.webhook == row["webhook"])
+        with store.transaction() as conn:  # claim it, so that a concurrent delivery run leaves it alone
+            claimed = conn.execute(update(st.alert_deliveries).where(
+                where, st.alert_deliveries.c.status == "pending",
+                st.alert_deliveries.c.next_attempt_at == row["next_attempt_at"]).values(
+                next_attempt_at=now + pd.Timedelta(seconds=hook.get("timeout", 5.0) + LEASE_SECONDS))).rowcount
+        if not claimed:
+            continue
         attempts = row["attempts"] + 1
         try:
             post(hook, json.loads(row["payload"]))
         except Exception as exc:  # any failure is retried: nothing is lost
-            delay = min(settings["max_backoff_seconds"], settings["backoff_seconds"] * 2 ** (attempts - 1))
+            delay = min(settings["max_backoff_seconds"], settings["backoff_seconds"] * 2 ** min(attempts - 1, 30))
             values = {"attempts": attempts, "last_error": describe_error(exc),
                       "next_attempt_at": now + pd.Timedelta(seconds=delay)}
             counts["failed"] += 1
@@ -258,6 +260,6 @@ def outbox(store: st.Store) -> list[dict]:
 def test_payload() -> dict:
     now = _now()
     return {"schema": SCHEMA, "alert_id": "test-" + hashlib.sha256(now.isoformat().encode()).hexdigest()[:16],
-            "status": "test", "condition": "test", "rule": "test", "severity": "info",
+            "status": "test", "condition": "test", "rule": "test", "audit": None, "severity": "info",
             "message": "a test alert from recaudit: this webhook is reachable and verifies the signature",
             "metrics": {}, "run_id": None, "window": None, "link": None, "created_at": now.isoformat()}

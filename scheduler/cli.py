@@ -648,7 +648,7 @@ def schedule(db, config_path, once, host, port):
     click.echo(f"recaudit schedule: {len(scheduler.get_jobs())} jobs; http://{host}:{port}/metrics", err=True)
     server.run()  # until SIGTERM or SIGINT
     click.echo("stopping: letting the running job finish", err=True)
-    scheduler.shutdown(wait=True)
+    service.close(scheduler, wait=True)
     click.echo("stopped", err=True)
 
 

@@ -26,9 +26,14 @@ def audit_and_publish(store, cfg: dict, since, until, names: list[str] | None, o
 
     result = runs.run(store, since, until, cfg, names, out, reference)
     document = result.to_dict()
-    page = render_run(document, result.path)
+    page = result.path / "index.html"
+    # Alerts before pages, so that a page that fails to render loses no alert; and only for the
+    # newest window: auditing last month again must not resolve or re-fire today's conditions.
+    created = []
+    if store.newest_window_end() <= result.until:
+        created = alerts.evaluate(store, document, cfg["alerts"], alerts.link_for(cfg["alerts"], page, result.run_id))
+    render_run(document, result.path)
     dashboard = render_dashboard(store, out)
-    created = alerts.evaluate(store, document, cfg["alerts"], alerts.link_for(cfg["alerts"], page, result.run_id))
     delivery = alerts.deliver(store, cfg["alerts"]) if cfg["alerts"]["webhooks"] else None
     return Published(result, document, page, dashboard, created, delivery)
 

@@ -59,7 +59,11 @@ def _audit(names: list[str]):
         from audits import run as runs
         from scheduler.jobs import audit_and_publish
 
-        since, until = runs.default_window(store, cfg["audit"]["window"])
+        latest = store.latest_event_time()
+        if latest is None:
+            return {"skipped": "no events stored yet"}
+        # Complete hours only: events of the current hour are still arriving.
+        since, until = runs.default_window(store, cfg["audit"]["window"], until=latest.floor("h"))
         done = audit_and_publish(store, cfg, since, until, names, cfg["audit"]["out"])
         return {"run_id": done.run.run_id, "status": done.document["status"], "alerts": len(done.alerts)}
     return work
@@ -139,12 +143,16 @@ def build(db: str, config_path: str | None, cfg: dict):
     return scheduler
 
 
-def close(scheduler) -> None:
-    """Stop a scheduler that never ran (paused) and keep its jobs as they are: APScheduler 3
-    processes due jobs once more when a paused BackgroundScheduler shuts down, so the job
-    store is detached first (its jobs stay in the database)."""
-    scheduler.remove_jobstore("default", shutdown=True)
-    scheduler.shutdown(wait=False)
+def close(scheduler, wait: bool = False) -> None:
+    """Stop the scheduler and keep its jobs as they are, after the running job finishes when
+    `wait`. APScheduler 3, once shut down, processes due jobs one last time: it cannot run
+    them, yet it moves them to their next time, and a daily audit would be skipped. So the job
+    store is detached first; its jobs stay in the database for the next start."""
+    scheduler.pause()
+    store = scheduler._lookup_jobstore("default")
+    scheduler.remove_jobstore("default", shutdown=False)
+    scheduler.shutdown(wait=wait)
+    store.shutdown()
 
 
 def due(scheduler) -> list:
@@ -156,10 +164,10 @@ def run_due_once(scheduler) -> dict[str, str]:
     """Run every due job now, in order, and move each to its next time (`--once`)."""
     outcomes = {}
     for job in sorted(due(scheduler), key=lambda j: JOBS.index(j.id)):
-        outcomes[job.id] = run_job(**job.kwargs)
         now = pd.Timestamp.now("UTC").to_pydatetime()
         following = job.trigger.get_next_fire_time(job.next_run_time, now)
         while following is not None and following <= now:
             following = job.trigger.get_next_fire_time(following, now)
-        job.modify(next_run_time=following)
+        job.modify(next_run_time=following)  # before running: an overlapping --once finds it not due
+        outcomes[job.id] = run_job(**job.kwargs)
     return outcomes

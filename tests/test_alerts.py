@@ -13,10 +13,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
+from sqlalchemy import update
+
 from audits import config as configuration
+from audits import store as st
+from audits.ingest import ingest
+from audits.store import Store
 from conftest import run_cli
-from reports import alerts
 from recsys.formats import InputError
+from recsys.simulate import Config, simulate
+from reports import alerts
+from scheduler.jobs import audit_and_publish
 
 SECRET_ENV = "RECAUDIT_TEST_WEBHOOK_SECRET"
 
@@ -221,8 +228,6 @@ def test_bad_alert_settings_are_input_errors(tmp_path, toml, message):
 
 
 def test_cli_audit_sends_alerts_and_the_operator_commands_drive_them(recaudit_bin, receiver, tmp_path):
-    from recsys.simulate import Config, simulate
-
     simulate(tmp_path / "data", Config(users=300, movies=120, days=3, seed=7, inject=("corrupt",)))
     db = str(tmp_path / "a.db")
     toml = tmp_path / "recaudit.toml"
@@ -240,3 +245,61 @@ def test_cli_audit_sends_alerts_and_the_operator_commands_drive_them(recaudit_bi
     assert json.loads(receiver.requests[-1]["body"])["status"] == "test"
     toml.write_text('[[alerts.webhooks]]\nname = "down"\nurl = "http://127.0.0.1:9/hook"\ntimeout = 1\n')
     assert run_cli(recaudit_bin, "alerts", "test", "--config", str(toml)).returncode == 1
+
+
+def test_a_run_whose_audit_errored_or_lacked_data_resolves_nothing(store):
+    s = settings("http://127.0.0.1:9/hook")
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+    for run_id, status in ((2, "errored"), (3, "insufficient_data")):
+        doc = run_document(run_id, run_id, {"fairness": ({}, [])})
+        doc["audits"]["fairness"]["status"] = status
+        assert alerts.evaluate(store, doc, s, "") == []
+    assert len(alerts.evaluate(store, run_document(4, 4, {"fairness": ({}, [])}), s, "")) == 1  # now it cleared
+
+
+def test_a_metric_rule_is_judged_only_by_runs_of_its_audit(store):
+    s = settings("http://127.0.0.1:9/hook")
+    s["findings"] = ""
+    s["rules"] = [{"name": "gap", "metric": "fairness.rmse_gap.sex", "op": ">", "threshold": 0.2}]
+    assert len(alerts.evaluate(store, run_document(1, 0, {"fairness": ({"fairness.rmse_gap.sex": 0.4}, [])}), s, "")) == 1
+    assert alerts.evaluate(store, run_document(2, 1, {"validation": ({"validation.failed": 0}, [])}), s, "") == []
+    assert alerts.evaluate(store, run_document(3, 2, {"fairness": ({"fairness.rmse_gap.sex": 0.5}, [])}), s, "") == []
+    [resolved] = alerts.evaluate(store, run_document(4, 3, {"fairness": ({"fairness.rmse_gap.sex": 0.1}, [])}), s, "")
+    assert alerts.outbox(store)[0]["status"] == "resolved"
+
+
+def test_backoff_stays_capped_however_many_attempts(store, monkeypatch):
+    s = settings(f"http://127.0.0.1:{free_port()}/hook", secret_env="")
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+    with store.transaction() as conn:
+        conn.execute(update(st.alert_deliveries).values(attempts=5000))
+    now = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(days=1)
+    assert alerts.deliver(store, s, now=now)["failed"] == 1
+    retry = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
+    assert (retry - now).total_seconds() == pytest.approx(s["max_backoff_seconds"])
+
+
+def test_two_delivery_runs_at_once_post_an_alert_once(store):
+    r = Receiver(plan=[(200, 1.0)])
+    try:
+        s = settings(r.url, secret_env="")
+        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+        results = []
+        workers = [threading.Thread(target=lambda: results.append(alerts.deliver(store, s))) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert len(r.requests) == 1 and sorted(x["delivered"] for x in results) == [0, 1]
+    finally:
+        r.close()
+
+
+def test_auditing_an_older_window_again_raises_no_alerts(tmp_path):
+    simulate(tmp_path / "data", Config(users=300, movies=120, days=3, seed=7, inject=("corrupt",)))
+    store = Store(f"sqlite:///{tmp_path / 'o.db'}")
+    ingest(store, [str(tmp_path / "data")])
+    cfg = configuration.load()
+    newest = audit_and_publish(store, cfg, "2024-01-03", "2024-01-04", ["validation"], tmp_path / "r")
+    older = audit_and_publish(store, cfg, "2024-01-02", "2024-01-03", ["validation"], tmp_path / "r")
+    assert newest.alerts and older.alerts == []

@@ -58,7 +58,7 @@ def test_per_group_rmse_and_mae_equal_fairlearns_metricframe():
 
 def test_gap_between_constant_groups_is_exact_and_so_is_its_interval():
     frame = frame_of({1: [1.0, -1.0], 2: [1.0], 3: [0.5, -0.5], 4: [0.5]}, {1: "x", 2: "x", 3: "y", 4: "y"},
-                     min_group_size=1, resamples=300)
+                     min_group_size=1, min_group_users=1, resamples=300)
     assert frame.difference("rmse") == pytest.approx(0.5) and frame.ratio("rmse") == pytest.approx(2.0)
     assert frame.worst_and_best("rmse") == ("x", "y")
     interval = frame.difference_interval("rmse")
@@ -85,7 +85,7 @@ def test_a_tiny_group_gets_a_wide_interval_and_raises_no_alert():
     rng = np.random.default_rng(1)
     errors = {u: rng.normal(0, 0.8, 10) for u in range(500)}
     errors.update({1001: np.full(20, 2.0), 1002: np.zeros(10), 1003: np.full(10, 0.1)})  # 40 ratings, 3 users
-    frame = frame_of(errors, {u: "tiny" if u > 1000 else "big" for u in errors}, min_group_size=30)
+    frame = frame_of(errors, {u: "tiny" if u > 1000 else "big" for u in errors}, min_group_size=30, min_group_users=1)
     assert frame.difference("rmse") > 0.5  # far above the 0.2 threshold ...
     interval = frame.difference_interval("rmse")
     assert interval.low < 0 < interval.high and interval.high - interval.low > 1  # ... but it could be chance
@@ -94,6 +94,13 @@ def test_a_tiny_group_gets_a_wide_interval_and_raises_no_alert():
     metrics = {}
     findings = fairness._gap(frame, "sex", "rmse", settings(), metrics, {})
     assert findings == [] and metrics["fairness.rmse_gap.sex"] > 0.5
+
+
+def test_a_group_of_one_user_gets_no_verdict_however_many_ratings():
+    errors = {u: np.random.default_rng(u).normal(0, 0.8, 5) for u in range(300)}
+    errors[999] = np.full(150, 1.3)  # one user's own bias, not a group's
+    frame = frame_of(errors, {u: "alone" if u == 999 else "many" for u in errors})
+    assert not frame.by_group.loc["alone", "sufficient"] and frame.difference("rmse") is None
 
 
 def test_groups_below_the_minimum_are_reported_as_insufficient_not_dropped():
@@ -108,7 +115,8 @@ def test_groups_below_the_minimum_are_reported_as_insufficient_not_dropped():
     assert metrics["fairness.rmse.sex.F"] == pytest.approx(0.5)
     assert metrics["fairness.rmse_gap.age"] is None  # one group left: no gap to speak of
     info = [f.message for f in findings if f.kind == "insufficient_group"]
-    assert any("sex unknown (10 ratings)" in m for m in info) and any("teen (13-17) (5 ratings)" in m for m in info)
+    assert any("sex unknown (10 ratings by 10 users)" in m for m in info)
+    assert any("teen (13-17) (5 ratings by 5 users)" in m for m in info)
 
 
 # -- cold start ----------------------------------------------------------------------------
@@ -135,7 +143,7 @@ def test_cold_starts_are_predicted_as_served_counted_and_shown_apart(model_and_d
     item = model._movie_index.get_indexer(new.movie_id)
     expected = np.clip(model.global_mean + np.where(item >= 0, model.item_bias[np.maximum(item, 0)], 0), 1, 5)
     assert new.cold_start.all() and np.allclose(new.prediction, expected) and (new.sex == "unknown").all()
-    metrics, _f, rows = fairness.assess(evaluated, settings(resamples=20, min_group_size=1),
+    metrics, _f, rows = fairness.assess(evaluated, settings(resamples=20, min_group_size=1, min_group_users=1),
                                         configuration.DEFAULTS["groups"]["age"])
     assert metrics["fairness.cold_start_share"] == pytest.approx(evaluated.cold_start.mean())
     assert metrics["fairness.cold_start_share.sex.unknown"] == 1.0

@@ -28,8 +28,11 @@ def watch(time, user, movie, minute=0):
     return f"{time},{user},GET /data/m/{movie}/{minute}.mpg"
 
 
+LATER = watch("2024-01-01T23:59:00", 99999, "later+2001")  # the log goes on: every request had its 15 minutes
+
+
 def audit(store, tmp_path, lines, config=None):
-    (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
+    (tmp_path / "e.log").write_text("\n".join(sorted([*lines, LATER])) + "\n")
     ingest(store, [str(tmp_path / "e.log")])
     return runs.run(store, "2024-01-01", "2024-01-02", config or configuration.load(), ["online"], tmp_path
                     ).results["online"]
@@ -52,8 +55,19 @@ def test_success_and_mrr_of_hand_written_logs_with_the_edge_cases(store, tmp_pat
     result = audit(store, tmp_path, lines)
     m = result.metrics
     assert m["online.requests"] == 6 and m["online.availability"] == pytest.approx(5 / 6)
+    assert result.details["awaiting_follow_up"] == 0
     assert m["online.success_rate"] == pytest.approx(3 / 5)
     assert m["online.mrr"] == pytest.approx((1 / 5 + 0 + 1 / 2 + 1 / 2 + 0) / 5)
+
+
+def test_requests_whose_15_minutes_have_not_passed_yet_are_not_judged(store, tmp_path):
+    lines = [rec("2024-01-01T10:00:00.000000", 1), rec("2024-01-01T10:50:00.000000", 2),
+             watch("2024-01-01T11:00:00", 3, "elsewhere+1999")]  # the latest event: 10 minutes after request 2
+    (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
+    ingest(store, [str(tmp_path / "e.log")])
+    result = runs.run(store, "2024-01-01", "2024-01-02", configuration.load(), ["online"], tmp_path).results["online"]
+    assert result.metrics["online.requests"] == 2 and result.details["awaiting_follow_up"] == 1
+    assert result.metrics["online.success_rate"] == 0.0  # judged on request 1 alone
 
 
 def test_the_first_watched_movie_gives_the_reciprocal_rank():

@@ -132,6 +132,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         log = make_log(workdir, args.lines)
+        megabytes = log.stat().st_size / 1e6
         results = [run_phase(p, log, None, args.repeat) for p in ("split", "yardstick", "parse")]
         new_sqlite = lambda: f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"  # noqa: E731
         results.append({**run_phase("ingest", log, new_sqlite, args.repeat), "phase": "ingest SQLite"})
@@ -152,7 +153,7 @@ def main() -> None:
                     drop_schema(args.postgres, schema)
 
     yard = next(r for r in results if r["phase"] == "yardstick")
-    print(f"{args.lines:,} simulated log lines ({log.stat().st_size / 1e6:.0f} MB), Python {sys.version.split()[0]}\n")
+    print(f"{args.lines:,} simulated log lines ({megabytes:.0f} MB), Python {sys.version.split()[0]}\n")
     print(f"median of {args.repeat} runs per phase, each in a fresh process\n")
     print("| phase | lines/s | rows/s | × yardstick | seconds (all runs) | peak memory |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -62,6 +62,7 @@ def follow_ups_from_spans(recommendations: pd.DataFrame, followed: pd.DataFrame,
     seen = followed.assign(watch_time=np.where(inside_first, first, last))[inside_first | inside_last]
     at = pd.MultiIndex.from_frame(out[["source_id", "line"]])
     seen = seen.assign(request=at.get_indexer(pd.MultiIndex.from_frame(seen[["source_id", "line"]])))
+    seen = seen[seen["request"] >= 0]  # a request left out of `recommendations` (not answered, or not yet due)
     first_seen = (seen.sort_values(["request", "watch_time", "rank"], kind="stable")
                   .drop_duplicates("request").set_index("request")["rank"])
     out.loc[first_seen.index, "success"] = True
@@ -114,9 +115,6 @@ def _codes(movie_id: pd.Series, movies: pd.Index) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # The audit.
-
-QUALITY = ("requests", "availability", "success_rate", "mrr", "latency_p50", "latency_p95", "latency_p99")
-
 
 def quality(recommendations: pd.DataFrame, follow: pd.DataFrame) -> dict:
     """Availability and latency over requests; success rate and MRR over answered ones."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from reports import charts
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -55,15 +57,17 @@ def render_dashboard(store, out: str | Path) -> Path:
     """Write OUT/index.html: every run newest first, and the key metrics across runs."""
     runs = store.runs()
     series = store.metric_series([key for lines in TRENDS.values() for key in lines.values()])
-    order = series.drop_duplicates("run_id")[["run_id", "until"]] if len(series) else None
     figures = []
-    for title, lines in TRENDS.items():
-        if order is None:
-            break
-        values = {name: [_value(series, run_id, key) for run_id in order["run_id"]] for name, key in lines.items()}
-        chart = charts.trend(title, values, [str(u)[:16].replace("T", " ") for u in order["until"]])
-        if chart:
-            figures.append((title, chart))
+    if len(series):  # one row per run (oldest first), one column per key
+        order = series.drop_duplicates("run_id")
+        wide = series.pivot_table(index="run_id", columns="key", values="value", aggfunc="first").reindex(order["run_id"])
+        labels = [str(until)[:16].replace("T", " ") for until in order["until"]]
+        for title, lines in TRENDS.items():
+            values = {name: [None if pd.isna(v) else float(v) for v in wide[key]] if key in wide else []
+                      for name, key in lines.items()}
+            chart = charts.trend(title, values, labels)
+            if chart:
+                figures.append((title, chart))
     rows = []
     for r in runs:
         document = r["document"] or {"audits": {}}
@@ -78,11 +82,6 @@ def render_dashboard(store, out: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def _value(series, run_id: int, key: str) -> float | None:
-    hit = series[(series["run_id"] == run_id) & (series["key"] == key)]["value"]
-    return None if hit.empty or hit.isna().all() else float(hit.iloc[0])
 
 
 def publish(store, out: str | Path) -> Path:

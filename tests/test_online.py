@@ -62,6 +62,7 @@ def test_success_and_mrr_of_hand_written_logs_with_the_edge_cases(store, tmp_pat
 
 def test_requests_whose_15_minutes_have_not_passed_yet_are_not_judged(store, tmp_path):
     lines = [rec("2024-01-01T10:00:00.000000", 1), rec("2024-01-01T10:50:00.000000", 2),
+             watch("2024-01-01T10:55:00", 2, MOVIES[3]),  # request 2 is followed, but its span is not over
              watch("2024-01-01T11:00:00", 3, "elsewhere+1999")]  # the latest event: 10 minutes after request 2
     (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
     ingest(store, [str(tmp_path / "e.log")])

@@ -148,9 +148,8 @@ def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, t
         assert any(s.labels == {"job": "alerts", "outcome": "ok"} and s.value >= 1 for s in counters)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as r:
             assert b"recaudit" in r.read()  # the reports, published by the report job
-        started = time.time()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0 and time.time() - started < 30
+        assert proc.wait(timeout=30) == 0  # the bound: a service that hangs fails here
         assert b"stopped" in proc.stderr.read()
     finally:
         if proc.poll() is None:
@@ -209,6 +208,9 @@ def test_the_quick_demo_runs_end_to_end_and_its_dashboard_opens(recaudit_bin, ch
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     text = done.stdout.decode()
     assert "Dashboard:" in text and "feedback loop suspected" in text
+    statuses = [(name, a["status"]) for page in (out / "reports" / "runs").glob("*/results.json")
+                for name, a in json.loads(page.read_text())["audits"].items()]
+    assert len(statuses) == 5 * 5 and not [s for s in statuses if s[1] == "errored"], statuses
     alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
     assert alerts and all(a["schema"] == "recaudit.alert/1" for a in alerts)
     assert f"{len(alerts)} alerts delivered" in text and " 0 rejected" in text

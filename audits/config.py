@@ -101,6 +101,7 @@ DEFAULTS: dict = {
         "host": "127.0.0.1",  # the service's HTTP: /metrics, /healthz and the reports
         "port": 8090,
         "misfire_grace_seconds": 3600,  # a run missed by less than this still happens (once) after a restart
+        "lease_seconds": 30.0,  # one scheduler per database runs jobs; a standby takes over within 4/3 of this
         "retrain": {"algo": "svd", "factors": 100, "epochs": 20, "seed": 0},
         "jobs": {  # each: enabled, and when: a duration ("5min": every 5 minutes) or a crontab line (UTC)
             "ingest": {"enabled": True, "when": "5min"},
@@ -187,6 +188,8 @@ def _check_values(config: dict, file: Path) -> None:
             raise InputError(file, f"{place} must be a positive duration such as \"1d\" or \"12h\", not {value!r}")
     _check_alerts(config["alerts"], file)
     _check_jobs(config["schedule"]["jobs"], file)
+    if not config["schedule"]["lease_seconds"] > 0:
+        raise InputError(file, f"schedule.lease_seconds must be positive, not {config['schedule']['lease_seconds']!r}")
     if config["feedback"]["correlation_method"] not in ("pearson", "spearman"):
         raise InputError(file, f"feedback.correlation_method must be \"pearson\" or \"spearman\", "
                                f"not {config['feedback']['correlation_method']!r}")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audits import groups
+from audits.files import write_atomic
 from audits.result import AuditResult, Finding
 
 CATEGORICAL, NUMERICAL = "categorical", "numerical"
@@ -372,17 +373,30 @@ def _newest_model(store):
     return Model.load(found[1]) if found else None
 
 
+# Evidently's page embeds every value raw in an inline <script> (a genre "</script><script>…"
+# would end it and run what follows) and draws labels with plotly, which reads some markup in
+# them (<b>, <br>, <a href>). The categories it is given (genres, occupations: data) show <, >
+# and & in their fullwidth forms instead, which read alike and are markup to no parser. The
+# column names are the signals' own, never data.
+FULLWIDTH = str.maketrans({"<": "\uff1c", ">": "\uff1e", "&": "\uff06"})
+
+
 def _evidently_report(columns: dict, settings: dict, out_dir) -> dict:
-    """The comparison as evidently renders it, as its own HTML and JSON beside the run."""
+    """The comparison as evidently renders it, as its own HTML and JSON beside the run. The
+    run's page shows the HTML in a sandboxed frame; its labels are made inert (FULLWIDTH)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     length = max(max(len(r.values), len(c.values)) for _, r, c, _ in columns.values())
 
-    def frame(which: int) -> pd.DataFrame:
-        return pd.DataFrame({name: pd.Series(parts[which].values.to_numpy()).reindex(range(length))
-                             for name, parts in columns.items()})
+    def shown(signal: Signal, window: Column) -> pd.Series:
+        """A window's values as evidently gets them: labels inert, padded to the longest."""
+        values = window.values.str.translate(FULLWIDTH) if signal.kind == CATEGORICAL else window.values
+        return pd.Series(values.to_numpy()).reindex(range(length))
+
+    def frame(which: int) -> pd.DataFrame:  # 1: the reference window, 2: the current one
+        return pd.DataFrame({name: shown(parts[0], parts[which]) for name, parts in columns.items()})
 
     definition = DataDefinition(
         numerical_columns=[n for n, (s, *_rest) in columns.items() if s.kind == NUMERICAL],
@@ -392,6 +406,6 @@ def _evidently_report(columns: dict, settings: dict, out_dir) -> dict:
                              per_column_threshold={n: p["threshold"] for n, (*_x, p) in columns.items()})
     snapshot = Report([preset]).run(Dataset.from_pandas(frame(2), data_definition=definition),
                                     Dataset.from_pandas(frame(1), data_definition=definition))
-    snapshot.save_html(str(out_dir / "drift.html"))
-    (out_dir / "drift.json").write_text(json.dumps(snapshot.dict(), indent=2, default=str) + "\n")
+    write_atomic(out_dir / "drift.html", snapshot.get_html_str(as_iframe=False))
+    write_atomic(out_dir / "drift.json", json.dumps(snapshot.dict(), indent=2, default=str) + "\n")
     return {"html": "drift.html", "json": "drift.json"}

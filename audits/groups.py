@@ -1,4 +1,4 @@
-"""The groups users are compared by: sex, and age groups (DESIGN.md §1.3, bins configurable).
+"""The groups users are compared by: sex, and age groups (bins configurable).
 
 A user whose source fixed the group itself (MovieLens-1M "under 18") keeps it; everyone else is
 binned by age. Users of unknown age or sex are a group of their own ("unknown"), never dropped.

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from audits import store as st
 from recsys import events as ev
@@ -28,6 +27,7 @@ from recsys import formats, movielens
 EVENT_KINDS = ("watch", "rate", "recommend")
 STORED_KINDS = EVENT_KINDS + ("users", "movies")
 _HASH_BLOCK = 8 << 20
+_READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -117,19 +117,9 @@ def _validator(config: dict):
 
 # -- sources -----------------------------------------------------------------------------------
 
-def _sha256(path: Path, digest=None):
-    """Hash a file's content, continuing `digest` when given."""
-    digest = digest or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest
-
-
-def _seen(store: st.Store, fingerprint: str) -> bool:
-    with store.engine.connect() as conn:
-        return conn.execute(select(st.ingested_sources.c.id).where(
-            st.ingested_sources.c.fingerprint == fingerprint)).first() is not None
+def _seen(conn: Connection, fingerprint: str) -> bool:
+    return conn.execute(select(st.ingested_sources.c.id).where(
+        st.ingested_sources.c.fingerprint == fingerprint)).first() is not None
 
 
 @dataclass
@@ -143,88 +133,132 @@ class _LogPlan:
     continues: str | None = None  # the fingerprint of the content this tail continues
     partial_from: int | None = None  # where this content's unterminated last line starts
     replaces: tuple[int, int] | None = None  # (source id, line): a line read half-written before
+    head: "hashlib._Hash | None" = None  # the digest of bytes [0, start), to go on with the tail
 
 
-def _plan_log(store: st.Store, path: Path) -> _LogPlan:
-    """Read the log once: its fingerprint, where its last line starts if unterminated, and the
-    longest content ingested before (under any name) that it begins with."""
-    with store.engine.connect() as conn:
-        earlier = conn.execute(select(
-            st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
-            st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
-            .where(st.ingested_sources.c.kind == "events", st.ingested_sources.c.end_offset > 0)
-            .order_by(st.ingested_sources.c.end_offset)).all()
-    digest, offset, last_newline, previous = hashlib.sha256(), 0, -1, None
-    checkpoints = iter(earlier)
-    point = next(checkpoints, None)
-    with ev.open_log(path) as f:
-        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-            while point is not None and point.end_offset <= offset + len(block):
-                head = digest.copy()
-                head.update(block[: point.end_offset - offset])
-                if head.hexdigest() == point.fingerprint:
-                    previous = point
-                point = next(checkpoints, None)
-            digest.update(block)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                last_newline = offset + newline
-            offset += len(block)
+def _plan_log(conn: Connection, f: BinaryIO) -> _LogPlan:
+    """Read an open log once: its fingerprint, where its last line starts if unterminated, and
+    the longest content ingested before (under any name) that it begins with."""
+    earlier = conn.execute(select(
+        st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
+        st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
+        .where(st.ingested_sources.c.kind == "events", st.ingested_sources.c.end_offset > 0)).all()
+    # Where a tail may start: the end of an earlier content, or where its half-written last line
+    # began (that line is read again). The digest is kept at each such offset.
+    marks = sorted({r.end_offset for r in earlier} | {r.partial_from for r in earlier if r.partial_from})
+    heads: dict[int, object] = {0: hashlib.sha256()}
+    digest, offset, last_newline = hashlib.sha256(), 0, -1
+    pending = iter(marks)
+    mark = next(pending, None)
+    f.seek(0)
+    for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+        while mark is not None and mark <= offset + len(block):
+            heads[mark] = digest.copy()
+            heads[mark].update(block[: mark - offset])
+            mark = next(pending, None)
+        digest.update(block)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            last_newline = offset + newline
+        offset += len(block)
     partial = last_newline + 1 if last_newline + 1 < offset else None
-    plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial)
-    if previous is not None:
+    plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial, head=heads[0])
+    matches = [r for r in earlier if r.end_offset in heads and heads[r.end_offset].hexdigest() == r.fingerprint]
+    if matches:
+        previous = max(matches, key=lambda r: r.end_offset)
         plan.continues = previous.fingerprint
         if previous.partial_from is not None:  # its last line was half-written: read it again
             plan.start, plan.first_line = previous.partial_from, previous.last_line
             plan.replaces = (previous.id, previous.last_line)
         else:
             plan.start, plan.first_line = previous.end_offset, previous.last_line + 1
+        plan.head = heads[plan.start]
         if previous.end_offset == offset:
             plan.start = plan.end  # nothing new
     return plan
 
 
+class _ChangedWhileRead(Exception):
+    """The bytes read for storage are not the bytes that were fingerprinted (the file was
+    rewritten in place, or truncated, between the two reads)."""
+
+
 def _ingest_log(store: st.Store, path: Path, chunk_bytes: int, check=None) -> SourceResult:
     name = str(path)
-    for _attempt in range(5):  # another ingest may take the same tail meanwhile: plan again
-        try:
-            plan = _plan_log(store, path)
-        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-            raise formats.InputError(path, f"cannot be read ({exc})") from None
-        if plan.end <= plan.start:
-            return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
-        if _seen(store, plan.fingerprint):
-            return SourceResult(name, "events", "skipped")
+    try:
+        # One open file for planning, fingerprinting and reading: a log renamed or replaced
+        # meanwhile (rotation) is still read whole from the file that was opened.
+        opened = ev.open_log(path)
+    except OSError as exc:
+        raise formats.InputError.unreadable(path, exc) from None
+    with opened:
+        f = _Reading(opened, path)
+        for _attempt in range(_READ_ATTEMPTS):
+            try:
+                with store.transaction() as conn:
+                    # Plan under the ingest lock: no other ingest commits between the plan and
+                    # this commit, so a tail is never taken twice and nothing needs a retry.
+                    store.lock_for_ingest(conn)
+                    plan = _plan_log(conn, f)
+                    if plan.end <= plan.start:
+                        return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
+                    if _seen(conn, plan.fingerprint):
+                        return SourceResult(name, "events", "skipped")
+                    return _commit_log(store, conn, name, plan, _tail(f, plan, name, chunk_bytes), check)
+            except _ChangedWhileRead:
+                continue  # rolled back: plan again from what the file holds now
+    raise formats.InputError(path, f"changed while being read, {_READ_ATTEMPTS} times (is it rewritten in place?)")
 
-        def pieces() -> Iterator[ev.ParsedEvents]:
-            with ev.open_log(path) as f:
-                if plan.start:
-                    f.seek(plan.start)
-                yield from ev.parse_stream(_Limited(f, plan.end - plan.start), name, chunk_bytes, plan.first_line)
 
+def _tail(f: BinaryIO, plan: _LogPlan, name: str, chunk_bytes: int) -> Iterator[ev.ParsedEvents]:
+    """The parsed pieces of bytes [start, end); the bytes are hashed on from `plan.head` as they
+    are read, and must come to the planned fingerprint, or nothing is committed."""
+    f.seek(plan.start)
+    tail = _Limited(f, plan.end - plan.start, plan.head.copy())
+    yield from ev.parse_stream(tail, name, chunk_bytes, plan.first_line)
+    if tail.left or tail.digest.hexdigest() != plan.fingerprint:
+        raise _ChangedWhileRead()
+
+
+class _Reading:
+    """A log's open file whose read errors are the user's to fix (a truncated or non-gzip
+    `.gz`, a disk error), told apart from the store's errors, which keep their traceback."""
+
+    def __init__(self, f: BinaryIO, path: Path):
+        self.f, self.path = f, path
+
+    def _do(self, call, *args):
         try:
-            return _commit_log(store, name, plan, pieces(), check)
-        except IntegrityError:
-            continue
-    raise RuntimeError(f"{name}: could not ingest after 5 attempts (other ingests kept taking its tail)")
+            return call(*args)
+        except formats.READ_ERRORS as exc:
+            raise formats.InputError.unreadable(self.path, exc) from None
+
+    def read(self, n: int = -1) -> bytes:
+        return self._do(self.f.read, n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._do(self.f.readline, limit)
+
+    def seek(self, offset: int) -> int:
+        return self._do(self.f.seek, offset)
 
 
 class _Limited:
-    """A read-only view of the next `limit` bytes of a stream."""
+    """A read-only view of the next `limit` bytes of a stream, hashing what it hands out."""
 
-    def __init__(self, f: BinaryIO, limit: int):
-        self.f, self.left = f, limit
+    def __init__(self, f: BinaryIO, limit: int, digest):
+        self.f, self.left, self.digest = f, limit, digest
+
+    def _took(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        self.digest.update(data)
+        return data
 
     def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
+        return self._took(self.f.read(self.left if n < 0 else min(n, self.left)))
 
     def readline(self) -> bytes:
-        data = self.f.readline(self.left)
-        self.left -= len(data)
-        return data
+        return self._took(self.f.readline(self.left))
 
 
 def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=None) -> list[SourceResult]:
@@ -232,48 +266,50 @@ def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=Non
     results, offset = [], 0
     for data, first_line in ev.iter_chunks(stream, chunk_bytes):
         plan = _LogPlan(offset, offset + len(data), first_line, hashlib.sha256(data).hexdigest())
-        if _seen(store, plan.fingerprint):
-            results.append(SourceResult("-", "events", "skipped", first_line=first_line))
-        else:
-            try:
-                results.append(_commit_log(store, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]), check))
-            except IntegrityError:  # the same batch committed meanwhile by another run
+        with store.transaction() as conn:
+            store.lock_for_ingest(conn)
+            if _seen(conn, plan.fingerprint):
                 results.append(SourceResult("-", "events", "skipped", first_line=first_line))
+            else:
+                results.append(_commit_log(store, conn, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]), check))
         offset += len(data)
     return results
 
 
-def _commit_log(store: st.Store, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
+def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
                 check=None) -> SourceResult:
-    """Store the parsed pieces of bytes [start, end) of a log as one source, in one transaction
-    (an IntegrityError means another run committed this content or tail meanwhile)."""
+    """Store the parsed pieces of bytes [start, end) of a log as one source, in the caller's
+    transaction, which holds the ingest lock."""
     result = SourceResult(name, "events", "ingested", first_line=plan.first_line,
                           stored={k: 0 for k in EVENT_KINDS})
-    with store.transaction() as conn:
-        source_id = _open_source(store, conn, "events", name, plan.fingerprint, plan.start, plan.first_line,
-                                 continues=plan.continues, partial_from=plan.partial_from)
-        if plan.replaces is not None:
-            _forget_line(conn, *plan.replaces)
-        keys: dict[str, int] = {}
-        span, last_time = 0, None
-        for parsed in pieces:
-            if check is not None:
-                parsed = check(parsed, name)
-            last_time = _store_events(store, conn, source_id, parsed, keys, last_time)
-            for kind in EVENT_KINDS:
-                result.stored[kind] += parsed.counts[kind]
-            result.items += len(parsed.items)
-            result.quarantined += len(parsed.rejects)
-            result.lines += parsed.lines
-            span += parsed.span
-        _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
+    source_id = _open_source(conn, "events", name, plan.fingerprint, plan.start, plan.first_line,
+                             continues=plan.continues, partial_from=plan.partial_from)
+    if plan.replaces is not None:
+        _forget_line(conn, *plan.replaces)
+    keys: dict[str, int] = {}
+    span, last_time = 0, None
+    for parsed in pieces:
+        if check is not None:
+            parsed = check(parsed, name)
+        last_time = _store_events(store, conn, source_id, parsed, keys, last_time)
+        for kind in EVENT_KINDS:
+            result.stored[kind] += parsed.counts[kind]
+        result.items += len(parsed.items)
+        result.quarantined += len(parsed.rejects)
+        result.lines += parsed.lines
+        span += parsed.span
+    _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
     result.source_id = source_id
     return result
 
 
+_LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend"}
+
+
 def _forget_line(conn: Connection, source_id: int, line: int) -> None:
-    """Remove what a half-written line left behind (it is read again, whole)."""
-    match = {"s": source_id, "l": line}
+    """Remove what a half-written line left behind (it is read again, whole), and take it out
+    of its source's counts, so that they still add up: lines == stored + quarantined."""
+    where = {"s": source_id, "l": line}
     watched = conn.execute(select(st.watches.c.user_id, st.watches.c.time, st.watches.c.movie_key).where(
         st.watches.c.source_id == source_id, st.watches.c.line == line)).first()
     if watched is not None:
@@ -283,67 +319,78 @@ def _forget_line(conn: Connection, source_id: int, line: int) -> None:
         conn.execute(text("DELETE FROM watch_hours WHERE minutes <= 0"))
         # watch_spans need nothing: a fragment that parsed as a watch was cut in its minute, so
         # the whole line has the same user, movie and time.
-    for table in ("watches", "ratings", "recommendations", "recommendation_items", "quarantine"):
-        conn.execute(text(f"DELETE FROM {table} WHERE source_id = :s AND line = :l"), match)
+    removed = {table: conn.execute(text(f"DELETE FROM {table} WHERE source_id = :s AND line = :l"), where).rowcount
+               for table in ("watches", "ratings", "recommendations", "recommendation_items", "quarantine")}
+    if not any(removed.values()):
+        return  # forgotten already, by another tail that continues the same content
+    source = conn.execute(select(st.ingested_sources.c.lines, st.ingested_sources.c.stored,
+                                 st.ingested_sources.c.quarantined)
+                          .where(st.ingested_sources.c.id == source_id)).one()
+    stored = json.loads(source.stored)
+    for table, kind in _LINE_TABLES.items():
+        stored[kind] = stored.get(kind, 0) - removed[table]
+    if removed["recommendation_items"]:
+        stored["items"] = stored.get("items", 0) - removed["recommendation_items"]
+    conn.execute(update(st.ingested_sources).where(st.ingested_sources.c.id == source_id).values(
+        lines=source.lines - 1, stored=json.dumps(stored), quarantined=source.quarantined - removed["quarantine"]))
 
 
 def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
-    fingerprint = _sha256(path).hexdigest()
-    if _seen(store, fingerprint):
-        return SourceResult(str(path), kind, "skipped")
+    try:
+        data = path.read_bytes()  # read once: what is fingerprinted is what is stored
+    except OSError as exc:
+        raise formats.InputError(path, exc.strerror or "cannot be read") from None
+    fingerprint = hashlib.sha256(data).hexdigest()
     reader = formats.read_users_csv if kind == "users" else formats.read_movies_csv
-    frame, rejects = reader(path)
-    result = SourceResult(str(path), kind, "ingested", lines=len(frame) + len(rejects),
-                          stored={kind: len(frame)}, quarantined=len(rejects))
+    frame, rejects = reader(path, data)
     with store.transaction() as conn:
-        source_id = _open_source(store, conn, kind, str(path), fingerprint, 0, 1)
+        store.lock_for_ingest(conn)
+        if _seen(conn, fingerprint):
+            return SourceResult(str(path), kind, "skipped")
+        result = SourceResult(str(path), kind, "ingested", lines=len(frame) + len(rejects),
+                              stored={kind: len(frame)}, quarantined=len(rejects))
+        source_id = _open_source(conn, kind, str(path), fingerprint, 0, 1)
         if kind == "users":
             _store_users(store, conn, source_id, frame)
         else:
             _store_movies(store, conn, source_id, frame, {})
         _store_rejects(store, conn, source_id, rejects)
-        _close_source(conn, source_id, result, path.stat().st_size, result.lines + 1)
+        _close_source(conn, source_id, result, len(data), result.lines + 1)
     result.source_id = source_id
     return result
 
 
 def _ingest_movielens(store: st.Store, path: Path) -> SourceResult:
     data = movielens.load(path)
-    digest = hashlib.sha256()
-    for f in data.files:
-        digest.update(f.name.encode() + b"\0")
-        _sha256(f, digest)
-    fingerprint = digest.hexdigest()
-    if _seen(store, fingerprint):
-        return SourceResult(str(path), "movielens", "skipped")
-    result = SourceResult(str(path), "movielens", "ingested",
-                          lines=len(data.users) + len(data.movies) + len(data.ratings) + len(data.rejects),
-                          stored={"users": len(data.users), "movies": len(data.movies), "rate": len(data.ratings)},
-                          quarantined=len(data.rejects))
     with store.transaction() as conn:
-        source_id = _open_source(store, conn, "movielens", str(path), fingerprint, 0, 1)
+        store.lock_for_ingest(conn)
+        if _seen(conn, data.fingerprint):
+            return SourceResult(str(path), "movielens", "skipped")
+        result = SourceResult(str(path), "movielens", "ingested",
+                              lines=len(data.users) + len(data.movies) + len(data.ratings) + len(data.rejects),
+                              stored={"users": len(data.users), "movies": len(data.movies), "rate": len(data.ratings)},
+                              quarantined=len(data.rejects))
+        source_id = _open_source(conn, "movielens", str(path), data.fingerprint, 0, 1)
         keys: dict[str, int] = {}
         _store_users(store, conn, source_id, data.users)
         _store_movies(store, conn, source_id, data.movies, keys)
         _store_ratings(store, conn, source_id, data.ratings, keys)
         _store_rejects(store, conn, source_id, data.rejects)
-        _close_source(conn, source_id, result, sum(f.stat().st_size for f in data.files), result.lines)
+        _close_source(conn, source_id, result, data.size, result.lines)
     result.source_id = source_id
     return result
 
 
 # -- writing -----------------------------------------------------------------------------------
 
-def _open_source(store: st.Store, conn: Connection, kind: str, name: str, fingerprint: str,
-                 start: int, first_line: int, continues: str | None = None, partial_from: int | None = None) -> int:
-    """Record the source first: on SQLite this takes the write lock before keys are read."""
+def _open_source(conn: Connection, kind: str, name: str, fingerprint: str, start: int, first_line: int,
+                 continues: str | None = None, partial_from: int | None = None) -> int:
     source_id = conn.execute(insert(st.ingested_sources).values(
         kind=kind, name=name, fingerprint=fingerprint, start_offset=start, end_offset=start,
         continues=continues, partial_from=partial_from,
         first_line=first_line, last_line=first_line - 1, lines=0, stored="{}", quarantined=0,
         ingested_at=pd.Timestamp.now("UTC").tz_localize(None),
     ).returning(st.ingested_sources.c.id)).scalar_one()
-    store.lock_for_ingest(conn)
     return source_id
 
 

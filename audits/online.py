@@ -1,7 +1,7 @@
 """Online quality from the logs alone: did users watch what they were recommended?
 
 A recommendation to user u at time t succeeds when u watches any of its movies in
-(t, t + horizon] (DESIGN.md §3, 15 minutes by default). The join is a sorted as-of merge per
+(t, t + horizon] (15 minutes by default). The join is a sorted as-of merge per
 (user, movie) pair, never a loop per recommendation.
 """
 

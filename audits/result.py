@@ -1,5 +1,5 @@
 """What every audit returns, the one shape that storage, reports and alerts read: flat metrics
-(DESIGN.md §2.1) and findings (§2.2), plus free-form details for the report's tables."""
+(`<audit>.<metric>[.<dimension>.<group>]`) and findings, plus free-form details for the report's tables."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from audits import registry
+from audits.files import write_atomic
 from audits.result import AuditResult, Finding
 from audits.store import Store, Window
 
@@ -94,7 +95,19 @@ def run(store: Store, since, until, config: dict, only: list[str] | None = None,
     if unknown:
         raise ValueError(f"unknown audit {unknown[0]!r} (known: {', '.join(registry.AUDITS)})")
     run_id = store.start_run(since, until, names)
-    result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=Path(out) / "runs" / str(run_id))
+    try:
+        return _run(store, run_id, since, until, config, names, Path(out), reference)
+    except BaseException as exc:  # interrupted too: a run is never left "running" by a live process
+        try:
+            store.abandon_run(run_id, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database itself failed: the original error is the one to show
+            pass
+        raise
+
+
+def _run(store: Store, run_id: int, since, until, config: dict, names: list[str], out: Path,
+         reference: tuple | None) -> Run:
+    result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=out / "runs" / str(run_id))
     result.path.mkdir(parents=True, exist_ok=True)
     ctx = AuditContext(store, result.since, result.until, config, run_id, result.path,
                        tuple(pd.Timestamp(t) for t in reference) if reference else None)
@@ -110,6 +123,6 @@ def run(store: Store, since, until, config: dict, only: list[str] | None = None,
         outcome.seconds = time.perf_counter() - started
         result.results[name] = outcome
     document = result.to_dict()
-    (result.path / "results.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    write_atomic(result.path / "results.json", json.dumps(document, indent=2, default=str) + "\n")
     store.finish_run(run_id, document, result.path)
     return result

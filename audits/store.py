@@ -18,6 +18,7 @@ import os
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Iterator
 
@@ -43,6 +44,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateTable
 from sqlalchemy.types import TypeDecorator
 
 DEFAULT_URL = "sqlite:///recaudit.db"
@@ -85,8 +87,8 @@ ingested_sources = Table(
     Column("name", Text, nullable=False),  # the path as given, or "-" for standard input
     Column("fingerprint", String(64), nullable=False, unique=True),  # sha256 of the content up to end_offset
     # A log that grew is ingested as tails, each continuing the content its predecessor's
-    # fingerprint names; unique, so that two concurrent ingests cannot both read one tail.
-    Column("continues", String(64), unique=True),
+    # fingerprint names. Two logs that share their first lines both continue that content.
+    Column("continues", String(64)),
     Column("partial_from", BigInteger),  # where an unterminated last line starts (re-read when the log grows)
     Column("start_offset", BigInteger, nullable=False, default=0),
     Column("end_offset", BigInteger, nullable=False),
@@ -137,8 +139,8 @@ users = Table(
     "users", metadata,
     Column("user_id", BigInteger, primary_key=True, autoincrement=False),
     Column("age", Integer),
-    Column("age_group", String(32)),
-    Column("gender", String(16)),
+    Column("age_group", Text),
+    Column("gender", Text),
     Column("occupation", Text),
     Column("source_id", Integer, nullable=False),
 )
@@ -205,9 +207,9 @@ quarantine = Table(
 
 models = Table(
     "models", metadata,
-    Column("id", String(80), primary_key=True),
+    Column("id", Text, primary_key=True),
     Column("created_at", UTCTime, nullable=False),
-    Column("algo", String(32), nullable=False),
+    Column("algo", Text, nullable=False),
     Column("path", Text, nullable=False),  # the artifact directory (model.npz, metadata.json)
     Column("cutoff", UTCTime, nullable=False),  # trained on ratings strictly before it
     Column("train_ratings", BigInteger, nullable=False),
@@ -228,6 +230,7 @@ audit_runs = Table(
     Column("status", String(16), nullable=False),  # running, ok, findings, critical, errored
     Column("path", Text),  # where results.json and the page were written
     Column("results", Text),  # the run's results.json, so that pages can be rendered again from here
+    Column("error", Text),  # why an errored run could not be finished
 )
 
 audit_results = Table(
@@ -243,7 +246,7 @@ audit_results = Table(
 metrics = Table(
     "metrics", metadata,
     Column("run_id", Integer, nullable=False),
-    Column("key", String(255), nullable=False),  # DESIGN.md §2.1: <audit>.<metric>[.<dimension>.<group>]
+    Column("key", Text, nullable=False),  # <audit>.<metric>[.<dimension>.<group>]
     Column("value", Float),
     PrimaryKeyConstraint("run_id", "key"),
 )
@@ -253,8 +256,8 @@ findings = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_id", Integer, nullable=False),
     Column("audit", String(32), nullable=False),
-    Column("key", String(255), nullable=False),
-    Column("kind", String(64), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
     Column("severity", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Column("value", Float),
@@ -270,7 +273,7 @@ alerts = Table(
     Column("id", String(32), primary_key=True),  # also the idempotency key receivers see
     Column("created_at", UTCTime, nullable=False),
     Column("run_id", Integer, nullable=False),
-    Column("condition", String(255), nullable=False),  # the rule name, or the finding's fingerprint
+    Column("condition", Text, nullable=False),  # the rule name, or the finding's fingerprint
     Column("status", String(16), nullable=False),  # firing, resolved
     Column("severity", String(16), nullable=False),
     Column("payload", Text, nullable=False),  # the JSON body every webhook receives
@@ -279,7 +282,7 @@ alerts = Table(
 alert_deliveries = Table(
     "alert_deliveries", metadata,
     Column("alert_id", String(32), nullable=False),
-    Column("webhook", String(64), nullable=False),  # the webhook's name in recaudit.toml
+    Column("webhook", Text, nullable=False),  # the webhook's name in recaudit.toml
     Column("status", String(16), nullable=False),  # pending, delivered
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UTCTime, nullable=False),
@@ -290,7 +293,7 @@ alert_deliveries = Table(
 
 open_conditions = Table(  # conditions that fired and have not yet resolved: not sent again
     "open_conditions", metadata,
-    Column("condition", String(255), primary_key=True),
+    Column("condition", Text, primary_key=True),
     Column("alert_id", String(32), nullable=False),
     Column("opened_run_id", Integer, nullable=False),
 )
@@ -301,11 +304,71 @@ job_runs = Table(  # every scheduled job's run and its outcome
     Column("job", String(32), nullable=False),
     Column("started_at", UTCTime, nullable=False),
     Column("finished_at", UTCTime),
-    Column("status", String(16), nullable=False),  # running, ok, failed
+    Column("status", String(16), nullable=False),  # running, ok, failed, interrupted
     Column("detail", Text),  # what it did, or the error with its traceback
 )
 
+scheduler_lease = Table(  # which scheduler process runs the jobs: one holder at a time, until expires_at
+    "scheduler_lease", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCTime, nullable=False),
+)
+
 EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}
+
+
+_SCHEMA_LOCK = 0x7265636175646974  # "recaudit": the advisory lock that serialises schema changes
+
+
+def _schema_changes(conn: Connection) -> list:
+    """What must be done to bring the database to this version's schema, as steps that take the
+    connection: create missing tables, and upgrade what older versions created."""
+    from sqlalchemy import inspect
+
+    found = inspect(conn)
+    tables = set(found.get_table_names())
+    steps = []
+    if not set(metadata.tables) <= tables:
+        steps.append(metadata.create_all)
+    for table in metadata.sorted_tables:  # columns added since: added in place, empty
+        if table.name in tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.c:
+                if column.name not in have:
+                    steps.append(lambda c, t=table.name, col=column: c.exec_driver_sql(
+                        f"ALTER TABLE {t} ADD COLUMN {col.name} {col.type.compile(dialect=c.dialect)}"))
+    if "ingested_sources" in tables and any(u["column_names"] == ["continues"]
+                                            for u in found.get_unique_constraints("ingested_sources")):
+        steps.append(_continues_not_unique)
+    if conn.dialect.name == "postgresql":  # SQLite never enforced a VARCHAR's length
+        for table in metadata.sorted_tables:
+            if table.name not in tables:
+                continue
+            for column in found.get_columns(table.name):
+                declared = table.c.get(column["name"])
+                if declared is not None and isinstance(declared.type, Text) and getattr(column["type"], "length", None):
+                    steps.append(lambda c, t=table.name, n=column["name"]: c.exec_driver_sql(
+                        f'ALTER TABLE {t} ALTER COLUMN "{n}" TYPE TEXT'))
+    return steps
+
+
+def _continues_not_unique(conn: Connection) -> None:
+    """Databases made before forks were allowed hold `continues` unique; a log that shares its
+    first lines with another log's content must be able to continue it too."""
+    from sqlalchemy import inspect
+
+    if conn.dialect.name == "postgresql":
+        for u in inspect(conn).get_unique_constraints("ingested_sources"):
+            if u["column_names"] == ["continues"]:
+                conn.exec_driver_sql(f'ALTER TABLE ingested_sources DROP CONSTRAINT "{u["name"]}"')
+        return
+    # SQLite cannot drop a constraint: the table is built again without it.
+    columns = ", ".join(c.name for c in ingested_sources.c)
+    conn.exec_driver_sql("ALTER TABLE ingested_sources RENAME TO ingested_sources_before")
+    ingested_sources.create(conn)
+    conn.exec_driver_sql(f"INSERT INTO ingested_sources ({columns}) SELECT {columns} FROM ingested_sources_before")
+    conn.exec_driver_sql("DROP TABLE ingested_sources_before")
 
 
 def resolve_url(db: str | None = None) -> str:
@@ -352,23 +415,32 @@ class Store:
         self.engine: Engine = create_engine(self.url)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._upgrade()
+        with self.engine.connect() as conn:
+            current = not _schema_changes(conn)
+        if not current:  # checked first without the lock, which would wait behind a long ingest
+            with self._schema_lock() as conn:
+                for change in _schema_changes(conn):
+                    change(conn)
 
-    def _upgrade(self) -> None:
-        """Columns added since a database was created: added in place, empty."""
-        from sqlalchemy import inspect
-
-        have = {c["name"] for c in inspect(self.engine).get_columns("audit_runs")}
-        if "results" not in have:
-            with self.transaction() as conn:
-                conn.execute(text("ALTER TABLE audit_runs ADD COLUMN results TEXT"))
+    @contextmanager
+    def _schema_lock(self) -> Iterator[Connection]:
+        """A transaction that no other process creates or upgrades the schema beside: several
+        processes may open a new database at the same moment."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+            conn.commit()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        if "_lease_engine" in self.__dict__ and self._lease_engine is not self.engine:
+            self._lease_engine.dispose()
         self.engine.dispose()
 
     @contextmanager
@@ -422,9 +494,12 @@ class Store:
         return len(df)
 
     def lock_for_ingest(self, conn: Connection) -> None:
-        """Serialise writers that assign movie keys (SQLite's write lock already does)."""
+        """Serialise ingests from the start of their transaction: a source is planned (which
+        content it continues, whether it was seen) and committed with no other ingest between."""
         if self.dialect == "postgresql":
             conn.exec_driver_sql("LOCK TABLE movie_keys IN SHARE ROW EXCLUSIVE MODE")
+        else:  # any write statement takes SQLite's one write lock, even one that changes no row
+            conn.exec_driver_sql("UPDATE movie_keys SET key = key WHERE 0")
 
     def movie_keys(self, conn: Connection, ids: pd.Index | list[str], known: dict[str, int]) -> np.ndarray:
         """Integer keys of movie ids, assigning new keys for ids never seen. `known` is a cache
@@ -551,6 +626,13 @@ class Store:
                 finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=document["status"], path=str(path),
                 results=json.dumps(document, default=str)))
 
+    def abandon_run(self, run_id: int, reason: str) -> None:
+        """Close a run that could not be finished (its results could not be written or
+        recorded): errored, with the reason, never left running."""
+        with self.transaction() as conn:
+            conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
+                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status="errored", error=reason))
+
     def runs(self) -> list[dict]:
         """Every finished run, newest first: id, since, until, status, started_at, path and its
         results.json document."""
@@ -558,13 +640,15 @@ class Store:
                  .order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()))
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "path")},
+        return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "path", "error")},
                  "document": json.loads(row["results"]) if row["results"] else None} for row in rows]
 
     def newest_window_end(self) -> pd.Timestamp | None:
-        """The latest window end of the finished runs."""
+        """The latest window end of the runs that finished with results (one that could not be
+        finished judged nothing, and must not hide the windows of later runs)."""
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(audit_runs.c.until)).where(audit_runs.c.finished_at.is_not(None))).scalar()
+            value = conn.execute(select(func.max(audit_runs.c.until)).where(
+                audit_runs.c.finished_at.is_not(None), audit_runs.c.results.is_not(None))).scalar()
         return None if value is None else pd.Timestamp(value)
 
     def latest_metrics(self) -> pd.DataFrame:
@@ -577,21 +661,93 @@ class Store:
             df = pd.DataFrame(conn.execute(query).all(), columns=["key", "value", "run_id", "until"])
         return df.drop_duplicates("key", keep="last").reset_index(drop=True)
 
-    def start_job(self, job: str) -> int:
+    def start_job(self, job: str, started_at=None) -> int:
+        """Record that `job` started, now or at `started_at`; returns the run's id."""
+        started_at = pd.Timestamp.now("UTC") if started_at is None else started_at
         with self.transaction() as conn:
-            return conn.execute(job_runs.insert().values(job=job, started_at=pd.Timestamp.now("UTC").tz_localize(None),
-                                                         status="running").returning(job_runs.c.id)).scalar_one()
+            return conn.execute(job_runs.insert().values(job=job, started_at=started_at, status="running")
+                                .returning(job_runs.c.id)).scalar_one()
 
-    def finish_job(self, run_id: int, status: str, detail: str) -> None:
+    def finish_job(self, run_id: int, status: str, detail: str, finished_at=None) -> None:
+        """Record a run's outcome, which happened now or at `finished_at` (an outcome recorded
+        late, once the database answers again, keeps the time it happened)."""
+        finished_at = pd.Timestamp.now("UTC") if finished_at is None else finished_at
         with self.transaction() as conn:
             conn.execute(job_runs.update().where(job_runs.c.id == run_id).values(
-                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=status, detail=detail))
+                finished_at=finished_at, status=status, detail=detail))
+
+    def unfinished_jobs(self, exclude=()) -> list[tuple[int, str]]:
+        """(id, job) of the runs still marked running, but those whose id is in `exclude`."""
+        query = select(job_runs.c.id, job_runs.c.job).where(job_runs.c.status == "running").order_by(job_runs.c.id)
+        exclude = set(exclude)
+        with self.engine.connect() as conn:
+            return [(i, job) for i, job in conn.execute(query).all() if i not in exclude]
+
+    def interrupt_jobs(self, run_ids: list[int], detail: str) -> None:
+        """Mark these runs interrupted, those that are still running: their process died."""
+        if not run_ids:
+            return
+        with self.transaction() as conn:
+            conn.execute(job_runs.update().where(job_runs.c.id.in_(run_ids), job_runs.c.status == "running")
+                         .values(finished_at=pd.Timestamp.now("UTC"), status="interrupted", detail=detail))
 
     def job_outcomes(self) -> pd.DataFrame:
         """(job, status, n): how many runs of each job ended each way."""
         query = select(job_runs.c.job, job_runs.c.status, func.count()).group_by(job_runs.c.job, job_runs.c.status)
         with self.engine.connect() as conn:
             return pd.DataFrame(conn.execute(query).all(), columns=["job", "status", "n"])
+
+    def take_lease(self, name: str, holder: str, seconds: float) -> str:
+        """Take the lease `name` for `seconds`, or renew it, if it is free, expired or already
+        `holder`'s: one conditional UPDATE in a transaction, so that of processes racing for it
+        exactly one wins. Returns who holds it afterwards (`holder` when taken)."""
+        from sqlalchemy import or_
+        from sqlalchemy.exc import IntegrityError
+
+        lease = scheduler_lease.c
+        try:
+            with self._lease_engine.begin() as conn:
+                now = self._lease_clock(conn)
+                values = {"holder": holder, "expires_at": now + timedelta(seconds=seconds)}
+                if conn.execute(scheduler_lease.update().where(
+                        lease.name == name, or_(lease.holder == holder, lease.expires_at <= now)).values(**values)).rowcount:
+                    return holder
+                current = conn.execute(select(lease.holder).where(lease.name == name)).scalar()
+                if current is not None:
+                    return current
+                conn.execute(scheduler_lease.insert().values(name=name, **values))
+                return holder
+        except IntegrityError:  # another process inserted the first row in the meantime: the lease is its
+            with self._lease_engine.connect() as conn:
+                return conn.execute(select(lease.holder).where(lease.name == name)).scalar_one()
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Let the lease expire now, if `holder` has it, so that a standby takes it at its next try."""
+        with self._lease_engine.begin() as conn:
+            conn.execute(scheduler_lease.update().where(scheduler_lease.c.name == name,
+                                                        scheduler_lease.c.holder == holder)
+                         .values(expires_at=self._lease_clock(conn)))
+
+    @cached_property
+    def _lease_engine(self) -> Engine:
+        """Where the lease lives. On SQLite, a file of its own beside the database (`<file>-lease`):
+        the database has one write lock, which an ingest holds for as long as it stores a log,
+        and a lease renewal waiting behind it would make the active scheduler step down."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return self.engine
+        engine = create_engine(f"sqlite:///{database}-lease")
+        event.listen(engine, "connect", _sqlite_pragmas)
+        with engine.begin() as conn:  # IF NOT EXISTS: several schedulers may start at once
+            conn.execute(CreateTable(scheduler_lease, if_not_exists=True))
+        return engine
+
+    def _lease_clock(self, conn: Connection) -> datetime:
+        """Now, naive UTC. PostgreSQL's clock on PostgreSQL, so that schedulers on hosts whose
+        clocks differ agree on when a lease expires; an SQLite file has one host, and its clock."""
+        if self.dialect == "postgresql":
+            return conn.execute(text("SELECT CAST(now() AT TIME ZONE 'UTC' AS timestamp)")).scalar_one()
+        return pd.Timestamp.now("UTC").tz_localize(None).to_pydatetime()
 
     def metric_series(self, keys: list[str]) -> pd.DataFrame:
         """(run_id, until, key, value) of the given keys over every finished run, oldest first."""

@@ -121,7 +121,10 @@ def read_paths(paths: list[str]) -> tuple[dict[str, pd.DataFrame], dict]:
     parts: dict[str, list] = {"events": [], "users": [], "movies": []}
     for kind, path in plan(paths):
         if kind == "events":
-            parts["events"].append(ev.parse_file(path))
+            try:
+                parts["events"].append(ev.parse_file(path))
+            except formats.READ_ERRORS as exc:  # a damaged .gz breaks mid-read
+                raise formats.InputError.unreadable(path, exc) from None
         elif kind == "users":
             parts["users"].append(formats.read_users_csv(path)[0])
         elif kind == "movies":

@@ -7,8 +7,12 @@ reason), never a silent drop; a file that cannot be read at all raises `InputErr
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import os
+import stat
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +31,32 @@ SCHEMAS = {
 }
 
 
+# What reading a file can raise that is the file's fault: a disk error, a truncated `.gz`
+# (EOFError), a `.gz` with damaged deflate data (zlib.error), a non-gzip `.gz` (an OSError).
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 class InputError(Exception):
     """Input a user must fix: names the file, the line when there is one, and what is wrong."""
 
     def __init__(self, path: str | Path, reason: str, line: int | None = None):
         self.path, self.reason, self.line = str(path), reason, line
         super().__init__(str(self))
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: str | Path) -> InputError:
+        """The error for an OSError on a user's path, worded as the OS words it ("permission
+        denied", "too many levels of symbolic links"). It names the path the OS failed on, which
+        may lie inside or above `path`, and `path` when the OS names none."""
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):  # from mkdir(exist_ok=True): the path is there, as a file
+            reason = "exists and is not a directory"
+        return cls(path if exc.filename is None else exc.filename, reason[:1].lower() + reason[1:])
+
+    @classmethod
+    def unreadable(cls, path: str | Path, exc: Exception) -> InputError:
+        """A file that broke while it was read: a truncated or non-gzip `.gz`, a disk error."""
+        return cls(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})")
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
@@ -59,10 +83,11 @@ def _int(text: str, what: str, lo: int | None = None) -> int:
     return int(text)
 
 
-def _read_csv(path: Path, header: list[str]) -> list[tuple[int, str, list[str]]]:
-    """Rows of a CSV file with their line numbers and raw text, after checking its header."""
+def _read_csv(path: Path, header: list[str], data: bytes | None = None) -> list[tuple[int, str, list[str]]]:
+    """Rows of a CSV file (or of its `data`, already read) with their line numbers and raw text,
+    after checking its header."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = (path.read_bytes() if data is None else data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(path, f"not UTF-8 (byte {exc.start})") from None
     except OSError as exc:
@@ -83,12 +108,13 @@ def _read_csv(path: Path, header: list[str]) -> list[tuple[int, str, list[str]]]
     return rows
 
 
-def _read_table(path: str | Path, name: str, header: list[str], parse) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_table(path: str | Path, name: str, header: list[str], parse,
+                data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A CSV file into (rows of SCHEMAS[name], rejects); `parse` turns fields into a row or
     raises RowError. The first field is a key: a repeated key is a reject."""
     good, bad, seen = [], [], {}
     source = str(path)
-    for line, raw, fields in _read_csv(Path(path), header):
+    for line, raw, fields in _read_csv(Path(path), header, data):
         try:
             if len(fields) != len(header):
                 raise RowError(f"expected {len(header)} fields, got {len(fields)}")
@@ -115,14 +141,15 @@ def _movie(f: list[str]) -> tuple:
     return f[0].strip(), f[1].strip(), year, f[3].strip()
 
 
-def read_users_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """users.csv (user_id,age,gender,occupation) into (users, rejects)."""
-    return _read_table(path, "users", USERS_HEADER, _user)
+def read_users_csv(path: str | Path, data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """users.csv (user_id,age,gender,occupation) into (users, rejects); `data` is its content
+    when the caller has read it already."""
+    return _read_table(path, "users", USERS_HEADER, _user, data)
 
 
-def read_movies_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """movies.csv (movie_id,title,year,genres) into (movies, rejects)."""
-    return _read_table(path, "movies", MOVIES_HEADER, _movie)
+def read_movies_csv(path: str | Path, data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """movies.csv (movie_id,title,year,genres) into (movies, rejects); `data` as for users."""
+    return _read_table(path, "movies", MOVIES_HEADER, _movie, data)
 
 
 def write_users_csv(users: pd.DataFrame, path: str | Path) -> None:
@@ -133,32 +160,55 @@ def write_movies_csv(movies: pd.DataFrame, path: str | Path) -> None:
     movies[MOVIES_HEADER].to_csv(path, index=False, lineterminator="\n")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-32's BOMs begin with these too
+
+
+def _header(first_line: bytes) -> list[str]:
+    return [c.strip() for c in first_line.decode("utf-8-sig", "replace").strip().lower().split(",")]
+
+
 def detect(path: str | Path) -> str:
     """What a path holds: ``events``, ``users``, ``movies``, ``movielens`` or ``directory``.
 
     Files are told apart by their first line, not their name: a CSV with the users or movies
     header, otherwise an event log. A directory with MovieLens's files is ``movielens``; any
-    other directory is ``directory`` (its files are detected one by one).
+    other directory is ``directory`` (its files are detected one by one). A path that cannot
+    be read raises InputError with the OS's reason (permission denied, a symlink loop, ...).
     """
     if str(path) == "-":
         return "events"
     p = Path(path)
-    if p.is_dir():
-        from recsys.movielens import detect_version
-
-        return "movielens" if detect_version(p) else "directory"
-    if not p.exists():
-        raise InputError(p, "no such file or directory")
-    if not p.is_file():
-        raise InputError(p, "not a regular file")
-    if p.suffix == ".gz":
-        return "events"
     try:
+        # os.stat, not Path.exists/is_dir: those answer False for a symlink loop or an
+        # unreadable parent, which would be reported as a missing file.
+        mode = p.stat().st_mode
+        if stat.S_ISDIR(mode):
+            from recsys.movielens import detect_version
+
+            os.scandir(p).close()  # an unlistable directory is named itself, not a file in it
+            return "movielens" if detect_version(p) else "directory"
+        if not stat.S_ISREG(mode):
+            raise InputError(p, "not a regular file")
         with open(p, "rb") as f:
-            first = f.readline(4096).decode("utf-8-sig", "replace").strip().lower()
+            first = f.readline(4096)
     except OSError as exc:
-        raise InputError(p, exc.strerror or "cannot be read") from None
-    header = [c.strip() for c in first.split(",")]
+        raise InputError.from_os(exc, p) from None
+    if p.suffix == ".gz":
+        # Checked here, before anything is read or stored, so the file is named; an empty file
+        # is an empty log to gzip too.
+        if first and not first.startswith(GZIP_MAGIC):
+            raise InputError(p, "cannot be read: not gzip-compressed, though its name ends in .gz")
+        return "events"
+    if first.startswith(UTF16_BOMS) or b"\0" in first:
+        # UTF-16 (Excel's "Unicode text", Windows PowerShell's default): an ASCII header with
+        # NULs between its letters. Telling the user the header is wrong would send them astray.
+        plain = _header(first.removeprefix(codecs.BOM_UTF16_LE).removeprefix(codecs.BOM_UTF16_BE)
+                        .replace(b"\0", b""))
+        if p.suffix.lower() == ".csv" or plain in (USERS_HEADER, MOVIES_HEADER):
+            raise InputError(p, "not UTF-8: it looks like UTF-16 (save it as UTF-8)", line=1)
+        return "events"  # another binary file: as before, a log (in a directory, kept only if named like one)
+    header = _header(first)
     if header == USERS_HEADER:
         return "users"
     if header == MOVIES_HEADER:

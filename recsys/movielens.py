@@ -9,6 +9,7 @@ files, nothing is dropped silently: every non-blank line is a row or a reject.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -51,14 +52,15 @@ _BLANK_BYTES = BLANK.encode()
 
 @dataclass
 class MovieLens:
-    """One MovieLens directory as frames; `files` are users, movies, ratings (to fingerprint)."""
+    """One MovieLens directory as frames, with the SHA-256 and size of exactly the bytes read."""
 
     version: str
     users: pd.DataFrame
     movies: pd.DataFrame
     ratings: pd.DataFrame
     rejects: pd.DataFrame
-    files: list[Path]
+    fingerprint: str
+    size: int
 
 
 def detect_version(path: str | Path) -> str | None:
@@ -78,12 +80,29 @@ def load(path: str | Path) -> MovieLens:
         raise InputError(p, NOT_MOVIELENS)
     files = [p / name for name in FILES[version]]
     parse_user, parse_movie, sep = _PARSERS[version]
-    users, user_rejects = _read_rows(files[0], parse_user, "user id")
-    movies, movie_rejects = _read_rows(files[1], parse_movie, "movie id")
-    ratings, rating_rejects = _read_ratings(files[2], sep)
+    digest = _Digest()
+    users, user_rejects = _read_rows(files[0], parse_user, "user id", digest)
+    movies, movie_rejects = _read_rows(files[1], parse_movie, "movie id", digest)
+    ratings, rating_rejects = _read_ratings(files[2], sep, digest)
     rejects = frame("rejects", user_rejects + movie_rejects + rating_rejects)
     return MovieLens(version=version, users=frame("users", users), movies=frame("movies", movies),
-                     ratings=ratings, rejects=rejects, files=files)
+                     ratings=ratings, rejects=rejects, fingerprint=digest.sha.hexdigest(), size=digest.size)
+
+
+class _Digest:
+    """The fingerprint of a directory's files as they are read: each file's name, a NUL, and its
+    bytes, in reading order (so a file replaced mid-read is never recorded as the old one)."""
+
+    def __init__(self):
+        self.sha, self.size = hashlib.sha256(), 0
+
+    def start(self, path: Path) -> None:
+        self.sha.update(path.name.encode() + b"\0")
+
+    def read(self, data: bytes) -> bytes:
+        self.sha.update(data)
+        self.size += len(data)
+        return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +181,11 @@ def _rating(raw: str, sep: str) -> tuple[int, int, int, int]:
     return user_id, movie_id, int(rating), _int(seconds, "timestamp", hi=MAX_SECONDS)
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def _lines(path: Path, digest: _Digest) -> list[tuple[int, str]]:
     """The non-blank lines of a Latin-1 file with their 1-based numbers."""
     try:
-        text = path.read_bytes().decode("latin-1")
+        digest.start(path)
+        text = digest.read(path.read_bytes()).decode("latin-1")
     except OSError as exc:
         raise InputError(path, exc.strerror or "cannot be read") from None
     # Split on "\n" only: str.splitlines would also split on Latin-1 characters such as \x85.
@@ -173,10 +193,11 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line) for n, line in enumerate(lines, 1) if line.strip(BLANK)]
 
 
-def _read_rows(path: Path, parse: Callable[[str], tuple], key: str) -> tuple[list[tuple], list[tuple]]:
+def _read_rows(path: Path, parse: Callable[[str], tuple], key: str,
+               digest: _Digest) -> tuple[list[tuple], list[tuple]]:
     """Rows and rejects of a users or movies file; the first field is a key that must be unique."""
     source, rows, rejects, seen = str(path), [], [], {}
-    for line, raw in _lines(path):
+    for line, raw in _lines(path, digest):
         try:
             row = parse(raw)
         except RowError as exc:
@@ -196,14 +217,15 @@ def _read_rows(path: Path, parse: Callable[[str], tuple], key: str) -> tuple[lis
 _COLUMNS = ("user", "movie", "rating", "seconds")
 
 
-def _read_ratings(path: Path, sep: str) -> tuple[pd.DataFrame, list[tuple]]:
+def _read_ratings(path: Path, sep: str, digest: _Digest) -> tuple[pd.DataFrame, list[tuple]]:
     """The ratings frame and the rejects of a ratings file whose fields are split by `sep`."""
     parts: list[dict[str, np.ndarray]] = []
     rejects: list[tuple] = []
     try:
         with open(path, "rb") as stream:
+            digest.start(path)
             for data, first in iter_chunks(stream):
-                parts.append(_ratings_chunk(data, first, sep, str(path), rejects))
+                parts.append(_ratings_chunk(digest.read(data), first, sep, str(path), rejects))
     except OSError as exc:
         raise InputError(path, exc.strerror or "cannot be read") from None
     columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0, np.int64)

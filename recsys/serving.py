@@ -20,7 +20,9 @@ from typing import Callable
 from recsys.events import STATUS_OK, format_recommendation
 from recsys.recommender import Model
 
-USER_ID = re.compile(r"\d{1,18}\Z")
+# ASCII digits only: \d (and int()) also take other scripts' digits, so "١٢" would be served and
+# logged as user 12.
+USER_ID = re.compile(r"[0-9]{1,18}\Z")
 K = 20
 log = logging.getLogger("recaudit.serving")
 

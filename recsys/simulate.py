@@ -434,7 +434,7 @@ def _write(out, lines) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Corruption: every malformed shape of DESIGN.md §1.1, and valid-but-wrong data.
+# Corruption: every malformed shape of the log format, and valid-but-wrong data.
 
 LINE_FAULTS = ("garbage", "missing rating", "truncated", "space in timestamp", "not UTF-8", "bad user id",
                "rating out of range", "unknown movie")

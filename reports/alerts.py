@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from sqlalchemy import select, update
@@ -178,8 +179,20 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Leaves every 3xx to raise HTTPError: urllib would follow a 301/302 with a GET without the
+    body, and the GET's 200 would mark as delivered an alert that never arrived."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 def post(webhook: dict, payload: dict) -> None:
-    """POST one alert; raises on anything but a 2xx answer within the timeout."""
+    """POST one alert; raises on anything but a 2xx answer within the timeout, a redirect
+    included (it is not followed)."""
     body = body_for(payload, webhook.get("format", "json"))
     headers = {"Content-Type": "application/json", "User-Agent": "recaudit",
                "Idempotency-Key": payload["alert_id"], "X-Recaudit-Alert-Id": payload["alert_id"]}
@@ -189,14 +202,17 @@ def post(webhook: dict, payload: dict) -> None:
             raise RuntimeError(f"the environment variable {webhook['secret_env']} (the webhook's secret) is not set")
         headers[SIGNATURE_HEADER] = sign(body, secret)
     request = urllib.request.Request(webhook["url"], data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=webhook.get("timeout", 5.0)) as response:  # noqa: S310 (configured URL)
+    with _OPENER.open(request, timeout=webhook.get("timeout", 5.0)) as response:
         response.read()
 
 
-def deliver(store: st.Store, settings: dict, now: pd.Timestamp | None = None) -> dict:
+def deliver(store: st.Store, settings: dict, clock: Callable[[], pd.Timestamp] = _now) -> dict:
     """Post every delivery that is due; failures are retried later with exponential backoff.
-    Returns counts: delivered, failed (will be retried), waiting (not yet due)."""
-    now = now or _now()
+    Returns counts: delivered, failed (will be retried), waiting (not yet due).
+
+    Each attempt reads `clock` when it starts (whether it is due, and its lease) and when it
+    ends (its backoff, or delivered_at): a run that posts for longer than a lease must not
+    write leases already past, which a concurrent run would claim and post again."""
     webhooks = {w["name"]: w for w in settings["webhooks"]}
     query = (select(st.alert_deliveries, st.alerts.c.payload)
              .join(st.alerts, st.alerts.c.id == st.alert_deliveries.c.alert_id)
@@ -209,15 +225,17 @@ def deliver(store: st.Store, settings: dict, now: pd.Timestamp | None = None) ->
         if hook is None:
             counts["unknown_webhook"] += 1  # kept: it is delivered if the webhook is configured again
             continue
+        now = clock()
         if pd.Timestamp(row["next_attempt_at"]) > now:
             counts["waiting"] += 1
             continue
         where = (st.alert_deliveries.c.alert_id == row["alert_id"]) & (st.alert_deliveries.c.webhook == row["webhook"])
+        lease = now + pd.Timedelta(seconds=hook.get("timeout", 5.0) + LEASE_SECONDS)
         with store.transaction() as conn:  # claim it, so that a concurrent delivery run leaves it alone
             claimed = conn.execute(update(st.alert_deliveries).where(
                 where, st.alert_deliveries.c.status == "pending",
                 st.alert_deliveries.c.next_attempt_at == row["next_attempt_at"]).values(
-                next_attempt_at=now + pd.Timedelta(seconds=hook.get("timeout", 5.0) + LEASE_SECONDS))).rowcount
+                next_attempt_at=lease)).rowcount
         if not claimed:
             continue
         attempts = row["attempts"] + 1
@@ -226,18 +244,25 @@ def deliver(store: st.Store, settings: dict, now: pd.Timestamp | None = None) ->
         except Exception as exc:  # any failure is retried: nothing is lost
             delay = min(settings["max_backoff_seconds"], settings["backoff_seconds"] * 2 ** min(attempts - 1, 30))
             values = {"attempts": attempts, "last_error": describe_error(exc),
-                      "next_attempt_at": now + pd.Timedelta(seconds=delay)}
+                      "next_attempt_at": clock() + pd.Timedelta(seconds=delay)}
+            # Only while the claim is still this run's: a post that outlived its lease may have
+            # been claimed and delivered by another run, whose record must stand.
+            still_ours = (st.alert_deliveries.c.status == "pending") & (st.alert_deliveries.c.next_attempt_at == lease)
             counts["failed"] += 1
         else:
-            values = {"attempts": attempts, "status": "delivered", "delivered_at": _now(), "last_error": None}
+            values = {"attempts": attempts, "status": "delivered", "delivered_at": clock(), "last_error": None}
+            still_ours = st.alert_deliveries.c.status == "pending"  # delivered is a fact, whoever claims it now
             counts["delivered"] += 1
         with store.transaction() as conn:
-            conn.execute(update(st.alert_deliveries).where(where).values(**values))
+            conn.execute(update(st.alert_deliveries).where(where, still_ours).values(**values))
     return counts
 
 
 def describe_error(exc: Exception) -> str:
     if isinstance(exc, urllib.error.HTTPError):
+        if 300 <= exc.code < 400:
+            return (f"HTTP {exc.code}: the receiver redirected to {exc.headers.get('Location') or 'no Location'}; "
+                    "redirects are not followed: set the webhook's url to the final address")
         return f"HTTP {exc.code}"
     if isinstance(exc, urllib.error.URLError):
         return f"unreachable: {exc.reason}"

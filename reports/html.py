@@ -3,16 +3,17 @@
 Jinja2 with autoescape: every value that comes from data is escaped. Pages are one file each,
 styles and charts (SVG) inline, so they open from disk with no network and read on a phone.
 A run's page lives in OUT/runs/<run_id>/index.html; the dashboard, OUT/index.html, lists every
-run and draws the key metrics across runs.
+run and draws the key metrics across runs. Every file the reports write goes through
+`write_atomic`, so a page served while the report job runs is never half written.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from audits.files import write_atomic
 from reports import charts
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -48,9 +49,7 @@ def render_run(run: dict, directory: str | Path) -> Path:
     findings = [f for audit in run["audits"].values() for f in audit["findings"]]
     findings.sort(key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
     page = environment().get_template("run.html.j2").render(run=run, findings=findings)
-    out = Path(directory) / "index.html"
-    out.write_text(page, encoding="utf-8")
-    return out
+    return write_atomic(Path(directory) / "index.html", page)
 
 
 def render_dashboard(store, out: str | Path) -> Path:
@@ -76,12 +75,11 @@ def render_dashboard(store, out: str | Path) -> Path:
         top = sorted((f for a in document["audits"].values() for f in a["findings"]),
                      key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))[:3]
         rows.append({**r, "counts": counts, "top": top, "audits": {k: a["status"] for k, a in document["audits"].items()},
-                     "page": f"runs/{r['id']}/index.html"})
+                     # a run that could not be finished has no page (publish renders none)
+                     "page": f"runs/{r['id']}/index.html" if r["document"] else None})
     page = environment().get_template("dashboard.html.j2").render(runs=rows, figures=figures)
-    path = Path(out) / "index.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return write_atomic(Path(out) / "index.html", page)
 
 
 def publish(store, out: str | Path) -> Path:
@@ -96,6 +94,6 @@ def publish(store, out: str | Path) -> Path:
             for name in (audit.get("details") or {}).get("artifacts", {}).values():
                 source = Path(r["path"] or "") / name
                 if source.exists() and source.resolve() != (directory / name).resolve():
-                    shutil.copyfile(source, directory / name)
+                    write_atomic(directory / name, source.read_bytes())
         render_run(r["document"], directory)
     return render_dashboard(store, out)

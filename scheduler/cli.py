@@ -27,14 +27,30 @@ class UserError(click.ClickException):
 
 
 @contextmanager
-def user_errors():
-    """Turn the errors a user can fix into one-line messages."""
+def user_errors(*paths):
+    """Turn the errors a user can fix into one-line messages: an InputError, and an OSError on
+    one of `paths` (those the user named: None for one not given), on a directory above one or on
+    a file inside one. Any other error is the program's and keeps its traceback."""
     from recsys.formats import InputError
 
     try:
         yield
     except InputError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        if not any(_within(exc.filename, p) for p in paths if p is not None):
+            raise
+        raise UserError(str(InputError.from_os(exc, exc.filename))) from None
+
+
+def _within(failed, named) -> bool:
+    """Whether `failed` (an OSError's filename) is `named`, a directory above it or a path inside it."""
+    import os
+
+    if not isinstance(failed, (str, bytes, os.PathLike)):  # None, or a file descriptor
+        return False
+    a, b = (os.path.realpath(os.fsdecode(x)) for x in (failed, named))
+    return os.path.commonpath([a, b]) in (a, b)
 
 
 def open_store(db: str | None):
@@ -107,7 +123,8 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
     for fault in faults:
         if fault not in INJECTIONS:
             raise UserError(f"--inject: unknown fault {fault!r} (choose from {', '.join(INJECTIONS)})")
-    summary = run(out, Config(users=users, movies=movies, days=days, seed=seed, start=first, inject=faults))
+    with user_errors(out):
+        summary = run(out, Config(users=users, movies=movies, days=days, seed=seed, start=first, inject=faults))
 
     def human(s):
         click.echo(f"wrote {out}/users.csv ({users:,} users), {out}/movies.csv ({movies:,} movies), "
@@ -145,7 +162,7 @@ def ingest(db, validate, config_path, as_json, paths):
     from audits.ingest import ingest as run
 
     config = load_config(config_path) if validate else None
-    with user_errors():
+    with user_errors(*paths):
         store = open_store(db)
         summary = run(store, paths, validate=config)
     data = summary.to_dict()
@@ -226,18 +243,21 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
 
     store = open_store(db)
     data = load_split(store, parse_time(until, "--until"))
-    if compare:
-        result = rc.compare(data, factors=factors, epochs=epochs, seed=seed)
-        out = Path(models_dir) / "comparisons" / f"comparison-{result['created_at'].replace(':', '')}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        emit({**result, "path": str(out)}, as_json, lambda r: _print_comparison(r, out))
-        return
-    from scheduler.jobs import save_model
+    with user_errors(models_dir):
+        # Made before training, which can take minutes, so that an unwritable --models fails at once.
+        Path(models_dir).mkdir(parents=True, exist_ok=True)
+        if compare:
+            result = rc.compare(data, factors=factors, epochs=epochs, seed=seed)
+            out = Path(models_dir) / "comparisons" / f"comparison-{result['created_at'].replace(':', '')}.json"
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            emit({**result, "path": str(out)}, as_json, lambda r: _print_comparison(r, out))
+            return
+        from scheduler.jobs import save_model
 
-    model = rc.train(data, algo=algo, factors=factors, epochs=epochs, seed=seed)
-    meta = model.metadata
-    model_id, path = save_model(store, model, models_dir)
+        model = rc.train(data, algo=algo, factors=factors, epochs=epochs, seed=seed)
+        meta = model.metadata
+        model_id, path = save_model(store, model, models_dir)
 
     def human(m):
         metrics = m["metrics"]
@@ -346,7 +366,9 @@ def serve(host, port, db, log_path, server_name, reload_seconds):
     holder = serving.ModelHolder(lambda: store.model_artifact())
     holder.refresh()
     name = server_name or f"{socket.gethostname()}:{port}"
-    app = serving.create_app(holder, serving.EventLog(log_path), name, reload_seconds)
+    with user_errors(log_path):
+        events = serving.EventLog(log_path)
+    app = serving.create_app(holder, events, name, reload_seconds)
     click.echo(f"serving {holder.model_id or 'no model yet'} on http://{host}:{port} (log: {log_path})", err=True)
     serving.serve(app, host, port)
 
@@ -391,14 +413,14 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
         cfg["validation"]["suite_dir"] = suite_dir
     if (since is None) != (until is None):
         raise UserError("--since and --until go together (the window checked)")
-    with user_errors():
+    with user_errors(*paths, cfg["validation"]["suite_dir"], junit):
         frames, found = validation.read_paths(paths)
         params = validation.parameters(cfg, parse_time(since, "--since"), parse_time(until, "--until"), found["catalog"])
         outcomes = validation.run_suites(frames, params, cfg["validation"]["suite_dir"])
-    if junit:
-        from reports import junit as junit_xml
+        if junit:
+            from reports import junit as junit_xml
 
-        junit_xml.write(outcomes, junit)
+            junit_xml.write(outcomes, junit)
     failed = [o for o in outcomes if o.success is False]
 
     def human(_):
@@ -448,6 +470,8 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
 
     Exit status: 1 when a critical finding exists, else 0 (2 for a usage or input error).
     """
+    from pathlib import Path
+
     from audits import registry
     from audits import run as runs
     from scheduler.jobs import audit_and_publish
@@ -476,7 +500,11 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
                                            parse_time(until, "--until"))
     except (LookupError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    done = audit_and_publish(store, cfg, since, until, names, out or cfg["audit"]["out"], reference)
+    out = out or cfg["audit"]["out"]
+    with user_errors(out, export_predictions):
+        # Made before the run is recorded, so that an unwritable --out leaves no run behind.
+        Path(out).mkdir(parents=True, exist_ok=True)
+        done = audit_and_publish(store, cfg, since, until, names, out, reference)
     result = done.run
 
     def human(d):
@@ -509,7 +537,9 @@ def report(db, config_path, out):
 
     cfg = load_config(config_path)
     store = open_store(db)
-    path = publish(store, out or cfg["audit"]["out"])
+    out = out or cfg["audit"]["out"]
+    with user_errors(out):
+        path = publish(store, out)
     click.echo(f"dashboard: {path}")
 
 
@@ -604,12 +634,19 @@ def schedule(db, config_path, once, host, port):
     and a slow job never overlaps itself. Every job run is recorded with its outcome; one that
     fails does not stop the service. A job new to the database is due at once.
 
-    The service also answers over HTTP (127.0.0.1 by default): GET /metrics (Prometheus: the
-    latest value of every metric key, and job run counters), GET /healthz, and the reports
-    under /. SIGTERM or SIGINT let the running job finish, then stop the service.
+    One scheduler per database runs the jobs, the holder of a lease in the database; others
+    stand by and take over within 4/3 of `schedule.lease_seconds` when it dies. Runs a dead
+    scheduler left running are marked interrupted and run again.
 
-    With --once: run the jobs that are due now, then exit; status 1 when one failed.
+    The service also answers over HTTP (127.0.0.1 by default): GET /metrics (Prometheus: the
+    latest value of every metric key, and job run counters), GET /healthz (its role: active or
+    standby; 503 while the database is unreachable), and the reports under /. SIGTERM or SIGINT
+    let the running job finish, then stop the service.
+
+    With --once: run the jobs that are due now, then exit; status 1 when one failed. Nothing
+    runs while another scheduler holds the lease.
     """
+    import logging
     from pathlib import Path
 
     from scheduler import service
@@ -619,10 +656,14 @@ def schedule(db, config_path, once, host, port):
         config_path = "recaudit.toml"
     config_path = str(Path(config_path).resolve()) if config_path else None  # jobs are persisted with it
     store = open_store(db)
-    scheduler = service.build(store.url, config_path, cfg)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recaudit").setLevel(logging.INFO)  # changes of role, recoveries, outcomes recorded late
     if once:
-        outcomes = service.run_due_once(scheduler)
-        service.close(scheduler)
+        try:
+            outcomes = service.once(store, config_path, cfg)
+        except service.LeaseHeld as held:
+            click.echo(f"nothing run: another scheduler holds the lease on this database ({held})")
+            return
         for name, status in outcomes.items():
             click.echo(f"{name}: {status}")
         if not outcomes:
@@ -636,19 +677,22 @@ def schedule(db, config_path, once, host, port):
 
     settings = cfg["schedule"]
     host, port = host or settings["host"], port or settings["port"]
-    server = uvicorn.Server(uvicorn.Config(web.app(store, cfg["audit"]["out"], scheduler), host=host, port=port,
-                                           log_level="warning"))
+    running = service.Service(store, config_path, cfg)
+    server = uvicorn.Server(uvicorn.Config(web.app(running.metrics, running.health, cfg["audit"]["out"]),
+                                           host=host, port=port, log_level="warning"))
     # uvicorn stops on SIGTERM/SIGINT and then raises the signal again for the handler found
     # before it: that handler must let the scheduler finish its running job, not kill the process.
+    # It asks uvicorn to stop, so that a signal arriving before uvicorn has installed its own
+    # (the jobs run by then) stops the service as soon as it is up instead of being lost.
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    scheduler.resume()
-    click.echo(f"recaudit schedule: {len(scheduler.get_jobs())} jobs; http://{host}:{port}/metrics", err=True)
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    running.start()
+    click.echo(f"recaudit schedule ({running.role}): http://{host}:{port}/metrics", err=True)
     server.run()  # until SIGTERM or SIGINT
     click.echo("stopping: letting the running job finish", err=True)
-    service.close(scheduler, wait=True)
+    running.stop()
     click.echo("stopped", err=True)
 
 
@@ -671,7 +715,8 @@ def demo(out, quick, seed):
     from scheduler import demo as demonstration
 
     started = time.perf_counter()
-    summary = demonstration.run(out, quick=quick, seed=seed, progress=lambda m: click.echo(m, err=True))
+    with user_errors(out):
+        summary = demonstration.run(out, quick=quick, seed=seed, progress=lambda m: click.echo(m, err=True))
     last = summary.runs[-1]
     click.echo(f"\n{summary.lines:,} log lines over {summary.days} days, {len(summary.runs)} audit runs "
                f"in {time.perf_counter() - started:.0f} s.")

@@ -29,21 +29,31 @@ SECRET_ENV = "RECAUDIT_TEST_WEBHOOK_SECRET"
 
 
 class Receiver:
-    """A webhook receiver: answers each request with the next planned (status, delay)."""
+    """A webhook receiver: answers each request with the next planned (status, delay) or
+    (status, delay, headers), else (200, `delay`). A request is recorded when it arrives, before
+    the delay: a receiver sees an alert even when its answer comes too late."""
 
-    def __init__(self, port: int = 0, plan=()):
+    def __init__(self, port: int = 0, plan=(), delay: float = 0.0):
         self.requests, self.plan = [], list(plan)
+        self.arrived = threading.Condition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status, delay = outer.plan.pop(0) if outer.plan else (200, 0)
-                time.sleep(delay)
-                outer.requests.append({"headers": dict(self.headers), "body": body, "status": status})
+            def answer(self):  # any method: a followed redirect arrives as a GET
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, pause, *headers = outer.plan.pop(0) if outer.plan else (200, delay)
+                with outer.arrived:
+                    outer.requests.append({"method": self.command, "headers": dict(self.headers), "body": body,
+                                           "status": status})
+                    outer.arrived.notify_all()
+                time.sleep(pause)
                 self.send_response(status)
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            do_POST = do_GET = answer
 
             def log_message(self, *args):
                 pass
@@ -51,7 +61,11 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def wait_for(self, n: int) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= n, timeout=30), f"{n} requests never came"
 
     def close(self):
         self.server.shutdown()
@@ -122,8 +136,8 @@ def test_a_receiver_that_is_down_gets_the_alert_once_it_is_back(store, monkeypat
     up = Receiver(port)
     try:
         later = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(hours=2)
-        assert alerts.deliver(store, s, now=later)["delivered"] == 1
-        assert alerts.deliver(store, s, now=later + pd.Timedelta(hours=2))["delivered"] == 0
+        assert alerts.deliver(store, s, clock=lambda: later)["delivered"] == 1
+        assert alerts.deliver(store, s, clock=lambda: later + pd.Timedelta(hours=2))["delivered"] == 0
         assert len(up.requests) == 1
     finally:
         up.close()
@@ -136,12 +150,12 @@ def test_a_500_is_retried_with_exponential_backoff_until_accepted(store, monkeyp
         s = settings(r.url)
         alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
         now = pd.Timestamp.now("UTC").tz_localize(None)
-        assert alerts.deliver(store, s, now=now)["failed"] == 1
+        assert alerts.deliver(store, s, clock=lambda: now)["failed"] == 1
         first = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
-        assert alerts.deliver(store, s, now=first)["failed"] == 1
+        assert alerts.deliver(store, s, clock=lambda: first)["failed"] == 1
         second = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
         assert (first - now).total_seconds() == pytest.approx(30) and (second - first).total_seconds() == pytest.approx(60)
-        assert alerts.deliver(store, s, now=second)["delivered"] == 1
+        assert alerts.deliver(store, s, clock=lambda: second)["delivered"] == 1
         assert [q["status"] for q in r.requests] == [500, 503, 200]
         assert len({q["headers"]["Idempotency-Key"] for q in r.requests}) == 1  # the receiver can deduplicate
         assert alerts.outbox(store)[0]["deliveries"][0]["attempts"] == 3
@@ -149,16 +163,18 @@ def test_a_500_is_retried_with_exponential_backoff_until_accepted(store, monkeyp
         r.close()
 
 
-def test_a_slow_receiver_times_out_and_gets_the_alert_on_retry(store, monkeypatch):
+def test_a_slow_receiver_times_out_and_gets_the_alert_again_under_the_same_idempotency_key(store, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "k")
     r = Receiver(plan=[(200, 1.5)])
     try:
         s = settings(r.url, timeout=0.3)
-        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+        [alert_id] = alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
         assert alerts.deliver(store, s)["failed"] == 1
         assert "timed out" in alerts.outbox(store)[0]["deliveries"][0]["last_error"]
         later = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(minutes=5)
-        assert alerts.deliver(store, s, now=later)["delivered"] == 1
+        assert alerts.deliver(store, s, clock=lambda: later)["delivered"] == 1
+        # At least once: the receiver saw the timed-out post too, and drops the repeat by its key.
+        assert [q["headers"]["Idempotency-Key"] for q in r.requests] == [alert_id, alert_id]
     finally:
         r.close()
 
@@ -274,7 +290,7 @@ def test_backoff_stays_capped_however_many_attempts(store, monkeypatch):
     with store.transaction() as conn:
         conn.execute(update(st.alert_deliveries).values(attempts=5000))
     now = pd.Timestamp.now("UTC").tz_localize(None) + pd.Timedelta(days=1)
-    assert alerts.deliver(store, s, now=now)["failed"] == 1
+    assert alerts.deliver(store, s, clock=lambda: now)["failed"] == 1
     retry = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
     assert (retry - now).total_seconds() == pytest.approx(s["max_backoff_seconds"])
 
@@ -293,6 +309,78 @@ def test_two_delivery_runs_at_once_post_an_alert_once(store):
         assert len(r.requests) == 1 and sorted(x["delivered"] for x in results) == [0, 1]
     finally:
         r.close()
+
+
+def test_a_delivery_run_longer_than_a_lease_posts_each_alert_once_beside_a_later_run(store, monkeypatch):
+    # A lease of just the timeout (1 s) and posts of 0.1 s: the first run goes on past a lease.
+    monkeypatch.setattr(alerts, "LEASE_SECONDS", 0)
+    r = Receiver(delay=0.1)
+    try:
+        s = settings(r.url, secret_env="", timeout=1.0)
+        gaps = [finding(key=f"fairness.rmse_gap.group{i}") for i in range(14)]
+        ids = alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, gaps)}), s, "")
+        results = []
+        runs = [threading.Thread(target=lambda: results.append(alerts.deliver(store, s))) for _ in range(2)]
+        runs[0].start()
+        # The 12th post began at least 1.1 s into the first run: the second run starts while it is
+        # in flight, and must find its lease still ahead.
+        r.wait_for(12)
+        runs[1].start()
+        for run in runs:
+            run.join()
+        assert sorted(json.loads(q["body"])["alert_id"] for q in r.requests) == sorted(ids) and len(ids) == 14
+        assert sum(x["delivered"] for x in results) == 14 and sum(x["failed"] for x in results) == 0
+        assert all(a["deliveries"][0]["attempts"] == 1 for a in alerts.outbox(store))
+    finally:
+        r.close()
+
+
+def test_each_attempt_takes_its_lease_and_backoff_from_the_clock_at_that_attempt(store):
+    r = Receiver(plan=[(200, 0), (200, 0), (500, 0)])
+    try:
+        s = settings(r.url, secret_env="")
+        gaps = [finding(key=f"fairness.rmse_gap.group{i}") for i in range(3)]
+        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, gaps)}), s, "")
+        start, readings = pd.Timestamp.now("UTC").tz_localize(None), []
+
+        def clock():  # a long run: every reading is ten minutes after the one before
+            readings.append(start + pd.Timedelta(minutes=10 * len(readings)))
+            return readings[-1]
+
+        assert alerts.deliver(store, s, clock=clock) == {"delivered": 2, "failed": 1, "waiting": 0,
+                                                         "unknown_webhook": 0}
+        state = {a["alert_id"]: a["deliveries"][0] for a in alerts.outbox(store)}
+        first, second, third = (state[json.loads(q["body"])["alert_id"]] for q in r.requests)
+        # A delivered row keeps the lease its claim wrote.
+        lease = pd.Timedelta(seconds=s["webhooks"][0]["timeout"] + alerts.LEASE_SECONDS)
+        claimed = [pd.Timestamp(d["next_attempt_at"]) - lease for d in (first, second)]
+        delivered = [pd.Timestamp(d["delivered_at"]) for d in (first, second)]
+        failed = pd.Timestamp(third["next_attempt_at"]) - pd.Timedelta(seconds=s["backoff_seconds"])
+        assert set(claimed + delivered + [failed]) <= set(readings)
+        assert claimed[0] < delivered[0] < claimed[1] < delivered[1] < failed
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_is_a_failed_attempt_and_is_not_followed(store, code):
+    elsewhere = Receiver()
+    r = Receiver(plan=[(code, 0, {"Location": elsewhere.url})])
+    try:
+        s = settings(r.url, secret_env="")
+        alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), s, "")
+        now = pd.Timestamp.now("UTC").tz_localize(None)
+        assert alerts.deliver(store, s, clock=lambda: now) == {"delivered": 0, "failed": 1, "waiting": 0,
+                                                               "unknown_webhook": 0}
+        assert len(r.requests) == 1 and elsewhere.requests == []
+        [state] = alerts.outbox(store)[0]["deliveries"]
+        assert state["status"] == "pending" and state["attempts"] == 1
+        assert f"HTTP {code}" in state["last_error"] and f"redirected to {elsewhere.url}" in state["last_error"]
+        retry = pd.Timestamp(state["next_attempt_at"])
+        assert (retry - now).total_seconds() == pytest.approx(s["backoff_seconds"])
+    finally:
+        r.close()
+        elsewhere.close()
 
 
 def test_auditing_an_older_window_again_raises_no_alerts(tmp_path):

@@ -239,7 +239,7 @@ def test_findings_say_what_changed_in_plain_words(simulated):
     assert "dataset drift:" in messages and result.critical
 
 
-def test_the_evidently_report_is_saved_beside_the_run_and_linked_from_its_page(simulated, recaudit_bin):
+def test_the_evidently_report_is_saved_beside_the_run_and_framed_in_its_page(simulated, recaudit_bin):
     store, path = simulated["drift", 1]
     out = path / "out"
     done = run_cli(recaudit_bin, "audit", "--db", store.url, "--only", "drift", "--since", "2024-01-05",
@@ -251,6 +251,8 @@ def test_the_evidently_report_is_saved_beside_the_run_and_linked_from_its_page(s
     assert run["audits"]["drift"]["details"]["artifacts"] == {"html": "drift.html", "json": "drift.json"}
     assert (folder / "drift.html").stat().st_size > 100_000
     assert json.loads((folder / "drift.json").read_text())["metrics"]
-    assert 'href="drift.html"' in (folder / "index.html").read_text()
+    page = (folder / "index.html").read_text()
+    assert '<iframe class="report" sandbox="allow-scripts" src="drift.html"' in page  # shown, sandboxed
+    assert 'href="drift.json"' in page
     metrics = run["audits"]["drift"]["metrics"]
     assert {"drift.share_drifted", "drift.dataset_drift", "drift.age_group.score", "drift.age_group.drifted"} <= set(metrics)

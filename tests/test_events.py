@@ -1,4 +1,4 @@
-"""The event-log parser: every example and edge case of DESIGN.md §1.1, and the vectorised
+"""The event-log parser: every example and edge case of the log format, and the vectorised
 path held to the reference parser on generated lines."""
 
 import gzip
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from recsys import events as ev
 
-DESIGN_EXAMPLES = b"""2024-02-27T18:45:18,156972,GET /data/m/batman+begins+2005/91.mpg
+FORMAT_EXAMPLES = b"""2024-02-27T18:45:18,156972,GET /data/m/batman+begins+2005/91.mpg
 2022-02-25T13:38:49,284508,GET /rate/audition+1999=3
 2023-03-20T08:12:38.176557,128017,recommendation request 17645-team14.example.org:8082, status 200, result: the+green+mile+1999, the+sound+of+music+1965, 131 ms
 2022-02-09T01:45:32.945123,284507,recommendation request 17645-team17.example.org:8082, status 0, result: java.util.concurrent.TimeoutException: Request timeout to 17645-team17.example.org/10.0.0.1:8082 after 800 ms, 815 ms
@@ -58,7 +58,7 @@ def parse(text: bytes, **kw) -> ev.ParsedEvents:
 
 
 def test_design_examples_parse_into_typed_frames():
-    p = parse(DESIGN_EXAMPLES)
+    p = parse(FORMAT_EXAMPLES)
     assert p.counts == {"watch": 1, "rate": 1, "recommend": 2, "quarantined": 0}
     w = p.watches.iloc[0]
     assert (w.time, w.user_id, w.movie_id, w.minute) == (pd.Timestamp("2024-02-27T18:45:18"), 156972,
@@ -161,18 +161,18 @@ def test_malformed_lines_are_quarantined_with_a_specific_reason_and_their_raw_te
 
 
 def test_blank_lines_are_neither_counted_nor_stored_but_keep_line_numbers():
-    data = b"\n  \n" + DESIGN_EXAMPLES.splitlines(keepends=True)[0] + b"\t\r\n\n" + DESIGN_EXAMPLES.splitlines(keepends=True)[1]
+    data = b"\n  \n" + FORMAT_EXAMPLES.splitlines(keepends=True)[0] + b"\t\r\n\n" + FORMAT_EXAMPLES.splitlines(keepends=True)[1]
     p = parse(data)
     assert p.lines == 2
     assert p.watches.line.tolist() == [3] and p.ratings.line.tolist() == [6]
 
 
 def test_crlf_line_endings_parse_like_lf():
-    assert outcomes(parse(DESIGN_EXAMPLES.replace(b"\n", b"\r\n"))) == outcomes(parse(DESIGN_EXAMPLES))
+    assert outcomes(parse(FORMAT_EXAMPLES.replace(b"\n", b"\r\n"))) == outcomes(parse(FORMAT_EXAMPLES))
 
 
 def test_every_non_blank_line_is_stored_or_quarantined():
-    data = DESIGN_EXAMPLES + b"garbage\n\n" + b"2024-01-01T00:00:00,1,GET /rate/x=9\n"
+    data = FORMAT_EXAMPLES + b"garbage\n\n" + b"2024-01-01T00:00:00,1,GET /rate/x=9\n"
     p = parse(data)
     assert p.lines == 6 == sum(p.counts.values())
 
@@ -196,7 +196,7 @@ def test_canonical_lines_of_every_kind_never_reach_the_reference_parser(monkeypa
 
 
 def test_chunked_reading_gives_the_same_frames_as_one_piece():
-    data = DESIGN_EXAMPLES * 50 + b"bad line\n" + b"2024-01-01T00:00:00,1,GET /rate/x+2001=4"  # no final newline
+    data = FORMAT_EXAMPLES * 50 + b"bad line\n" + b"2024-01-01T00:00:00,1,GET /rate/x+2001=4"  # no final newline
     whole = parse(data)
     pieces = ev.ParsedEvents.concat([ev.parse_bytes(c, "test.log", f) for c, f in ev.iter_chunks(io.BytesIO(data), 300)])
     assert outcomes(pieces) == outcomes(whole)
@@ -205,8 +205,8 @@ def test_chunked_reading_gives_the_same_frames_as_one_piece():
 
 def test_parse_file_reads_gzip_logs(tmp_path):
     path = tmp_path / "events.log.gz"
-    path.write_bytes(gzip.compress(DESIGN_EXAMPLES))
-    assert ev.parse_file(path).counts == parse(DESIGN_EXAMPLES).counts
+    path.write_bytes(gzip.compress(FORMAT_EXAMPLES))
+    assert ev.parse_file(path).counts == parse(FORMAT_EXAMPLES).counts
 
 
 # -- the vectorised path against the reference parser ---------------------------------------

@@ -135,24 +135,6 @@ def test_the_same_log_under_another_name_or_rotated_is_not_stored_twice(store, t
     assert store.count("watches") == 8
 
 
-def test_two_ingests_racing_for_the_same_tail_store_it_once(store, tmp_path, monkeypatch):
-    from audits import ingest as ingestion
-
-    log = tmp_path / "live.log"
-    log.write_bytes(b"2024-01-01T00:00:00,1,GET /data/m/a+2001/0.mpg\n")
-    ingest(store, [str(log)])
-    with open(log, "ab") as f:
-        f.write(b"2024-01-01T00:00:01,1,GET /data/m/a+2001/1.mpg\n")
-    stale = ingestion._plan_log(store, log)  # planned by a run that is slower to commit
-    ingest(store, [str(log)])  # the other run commits the tail first
-    stale_plans, stale_checks = [stale], [False]  # its check for seen content ran before the other commit
-    real_plan, real_seen = ingestion._plan_log, ingestion._seen
-    monkeypatch.setattr(ingestion, "_plan_log", lambda st_, p: stale_plans.pop() if stale_plans else real_plan(st_, p))
-    monkeypatch.setattr(ingestion, "_seen", lambda st_, f: stale_checks.pop() if stale_checks else real_seen(st_, f))
-    assert ingest(store, [str(log)]).sources[0].status == "unchanged"  # retried, found nothing new
-    assert store.read("watches").line.tolist() == [1, 2]
-
-
 def test_malformed_lines_of_a_log_without_any_event_are_dated_at_ingestion(store, tmp_path):
     (tmp_path / "broken.log").write_bytes(b"2024;01;01 broken\nnot a line either\n")
     ingest(store, [str(tmp_path / "broken.log")])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -112,14 +113,18 @@ def test_load_of_a_non_movielens_directory_raises_naming_the_directory(tmp_path)
 
 
 @pytest.mark.parametrize("fixture", ["ml100k", "ml1m"])
-def test_frames_have_the_shared_schemas_and_files_in_read_order(fixture, request):
+def test_frames_have_the_shared_schemas_and_the_fingerprint_of_the_bytes_read(fixture, request):
     d = request.getfixturevalue(fixture)
     ml = movielens.load(d)
     assert dict(ml.users.dtypes.astype(str)) == formats.SCHEMAS["users"]
     assert dict(ml.movies.dtypes.astype(str)) == formats.SCHEMAS["movies"]
     assert dict(ml.ratings.dtypes.astype(str)) == events.SCHEMAS["ratings"]
     assert dict(ml.rejects.dtypes.astype(str)) == formats.SCHEMAS["rejects"]
-    assert ml.files == [d / name for name in movielens.FILES[ml.version]]
+    files = [d / name for name in movielens.FILES[ml.version]]
+    digest = hashlib.sha256()
+    for f in files:  # each file's name, a NUL and its bytes, in reading order
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    assert (ml.fingerprint, ml.size) == (digest.hexdigest(), sum(f.stat().st_size for f in files))
 
 
 def test_100k_users_keep_age_in_years_and_occupation_names(ml100k):
@@ -213,7 +218,7 @@ def test_1m_rejects_name_file_line_and_reason(ml1m):
 def test_every_nonblank_ratings_line_is_a_rating_or_a_reject(fixture, request):
     d = request.getfixturevalue(fixture)
     ml = movielens.load(d)
-    ratings_file = ml.files[2]
+    ratings_file = d / movielens.FILES[ml.version][2]
     rejected = ml.rejects.loc[ml.rejects["source"] == str(ratings_file), "line"]
     assert nonblank_lines(ratings_file) == len(ml.ratings) + len(rejected)
     assert set(ml.ratings["line"]).isdisjoint(rejected)

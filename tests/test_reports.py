@@ -2,6 +2,8 @@
 beyond the files, no console errors, the findings and charts there, readable on a phone, and
 data that looks like HTML shown as text. A screenshot of each page is kept as a test artifact."""
 
+import threading
+
 import pandas as pd
 import pytest
 
@@ -9,6 +11,7 @@ from conftest import ARTIFACTS, open_page, run_cli
 from recsys.simulate import Config, simulate
 
 HOSTILE = "<script>alert('owned')</script> & <b>bold</b>"
+RENDERS = 10  # every page and artifact rewritten this many times while a reader polls them
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +81,39 @@ def test_report_renders_every_page_again_from_the_database(recaudit_bin, publish
     assert (first / "index.html").exists() and (first / "drift.html").exists()  # evidently's report came along
     original = (published["out"] / "runs" / runs[0] / "index.html").read_text()
     assert (first / "index.html").read_text() == original
+
+
+def test_a_page_read_while_the_pages_are_rendered_again_is_never_empty_or_cut_short(published):
+    """The report job renders every page again while the service serves them: a reader sees
+    the old file or the new one, whole."""
+    from audits.store import Store
+    from reports.html import publish
+
+    out = published["root"] / "polled"
+    store = Store(f"sqlite:///{published['db']}")
+    publish(store, out)  # every file exists before it is polled
+    files = sorted(p for p in out.rglob("*") if p.suffix in (".html", ".json"))
+    assert {p.name for p in files} == {"index.html", "drift.html", "drift.json"}
+    rendering, reads, partial = threading.Event(), [], []
+
+    def poll():
+        while rendering.is_set():
+            for path in files:
+                data = path.read_bytes()
+                whole = data.rstrip().endswith(b"</html>") if path.suffix == ".html" else data.endswith(b"}\n")
+                reads.append(path)
+                if not whole:
+                    partial.append((path.relative_to(out), len(data)))
+
+    rendering.set()
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for _ in range(RENDERS):
+            publish(store, out)
+    finally:
+        rendering.clear()
+        reader.join()
+        store.close()
+    assert len(reads) >= len(files) and partial == []
+    assert list(out.rglob("*.tmp")) == []  # no temporary file is left behind

@@ -12,8 +12,8 @@ import tomllib
 from datetime import date
 from pathlib import Path
 
-from audits.groups import DEFAULT_AGE_GROUPS
-from recsys.formats import InputError
+from recaudit.audits.groups import DEFAULT_AGE_GROUPS
+from recaudit.recsys.formats import InputError
 
 DEFAULT_PATH = "recaudit.toml"
 # Tables whose keys are the user's own (replaced whole, not merged key by key).

@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from audits import groups
-from audits.files import write_atomic
-from audits.result import AuditResult, Finding
+from recaudit.audits import groups
+from recaudit.audits.files import write_atomic
+from recaudit.audits.result import AuditResult, Finding
 
 CATEGORICAL, NUMERICAL = "categorical", "numerical"
 
@@ -367,7 +367,7 @@ def audit(ctx) -> AuditResult:
 
 
 def _newest_model(store):
-    from recsys.recommender import Model
+    from recaudit.recsys.recommender import Model
 
     found = store.model_artifact()
     return Model.load(found[1]) if found else None

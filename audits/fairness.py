@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audits import groups
-from audits.result import AuditResult, Finding
+from recaudit.audits import groups
+from recaudit.audits.result import AuditResult, Finding
 
 DIMENSIONS = ("sex", "age", "occupation")
 ACCURACY = ("rmse", "mae")
@@ -292,7 +292,7 @@ def _label(dim: str, group: str, age_bins: dict) -> str:
 
 
 def audit(ctx) -> AuditResult:
-    from recsys.recommender import Model, ranking_per_user
+    from recaudit.recsys.recommender import Model, ranking_per_user
 
     settings = ctx.config["fairness"]
     age_bins = ctx.config["groups"]["age"]
@@ -340,7 +340,7 @@ def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -
 
 
 def _online(store, since, until, users: pd.DataFrame, age_bins: dict, settings: dict) -> pd.DataFrame | None:
-    from audits import online
+    from recaudit.audits import online
 
     requests = online.followed_requests(store, since, until, settings["success_horizon"])
     if requests.empty:

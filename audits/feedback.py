@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from audits import groups
-from audits.result import AuditResult, Finding
+from recaudit.audits import groups
+from recaudit.audits.result import AuditResult, Finding
 
 LORENZ_POINTS = 101
 CONCENTRATION = ("gini", "top1pct_share", "top10_share", "coverage", "entropy", "hhi")

@@ -20,9 +20,9 @@ import pandas as pd
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from audits import store as st
-from recsys import events as ev
-from recsys import formats, movielens
+from recaudit.audits import store as st
+from recaudit.recsys import events as ev
+from recaudit.recsys import formats, movielens
 
 EVENT_KINDS = ("watch", "rate", "recommend")
 STORED_KINDS = EVENT_KINDS + ("users", "movies")
@@ -106,7 +106,7 @@ def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BY
 
 def _validator(config: dict):
     """The parsed pieces of a log, with events failing a quarantining expectation moved out."""
-    from audits import validation
+    from recaudit.audits import validation
 
     def check(parsed: ev.ParsedEvents, source: str) -> ev.ParsedEvents:
         params = validation.parameters(config)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audits import store as st
-from audits.result import AuditResult, Finding
+from recaudit.audits import store as st
+from recaudit.audits.result import AuditResult, Finding
 
 HORIZON = "15min"
 

@@ -9,11 +9,11 @@ from importlib import import_module
 from typing import Callable
 
 AUDITS: dict[str, str] = {
-    "validation": "audits.validation:audit",
-    "drift": "audits.drift:audit",
-    "fairness": "audits.fairness:audit",
-    "feedback": "audits.feedback:audit",
-    "online": "audits.online:audit",
+    "validation": "recaudit.audits.validation:audit",
+    "drift": "recaudit.audits.drift:audit",
+    "fairness": "recaudit.audits.fairness:audit",
+    "feedback": "recaudit.audits.feedback:audit",
+    "online": "recaudit.audits.online:audit",
 }
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from audits import registry
-from audits.files import write_atomic
-from audits.result import AuditResult, Finding
-from audits.store import Store, Window
+from recaudit.audits import registry
+from recaudit.audits.files import write_atomic
+from recaudit.audits.result import AuditResult, Finding
+from recaudit.audits.store import Store, Window
 
 
 @dataclass

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audits.result import AuditResult, Finding
-from recsys import events as ev
-from recsys import formats, movielens
+from recaudit.audits.result import AuditResult, Finding
+from recaudit.recsys import events as ev
+from recaudit.recsys import formats, movielens
 
 DATASETS = ("log", "watches", "ratings", "recommendations", "users", "movies")
 EXAMPLES = 5
@@ -56,7 +56,7 @@ class Outcome:
 
 
 def suite_dir(configured: str | Path | None = None) -> Path:
-    return Path(configured) if configured else Path(str(files("expectations")))
+    return Path(configured) if configured else Path(str(files("recaudit.expectations")))
 
 
 def load_suites(directory: str | Path | None = None) -> dict[str, dict]:
@@ -116,7 +116,7 @@ def table_frames(users: pd.DataFrame | None, movies: pd.DataFrame | None) -> dic
 def read_paths(paths: list[str]) -> tuple[dict[str, pd.DataFrame], dict]:
     """Frames of every file the paths name (event logs, users.csv, movies.csv, MovieLens or
     stream directories), for validation without a database; and the catalogue found."""
-    from audits.ingest import plan
+    from recaudit.audits.ingest import plan
 
     parts: dict[str, list] = {"events": [], "users": [], "movies": []}
     for kind, path in plan(paths):

@@ -34,9 +34,9 @@ CURRENT = ("2024-01-02", "2024-01-03")
 
 
 def ours(url: str, out: Path) -> dict:
-    from audits import config
-    from audits import run as runs
-    from audits.store import Store
+    from recaudit.audits import config
+    from recaudit.audits import run as runs
+    from recaudit.audits.store import Store
 
     store = Store(url)
     started = time.perf_counter()
@@ -49,8 +49,8 @@ def ours(url: str, out: Path) -> dict:
 
 def raw_frames(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """One row per event of each day with the columns the signals compare."""
-    from audits import config, groups
-    from recsys import events, formats
+    from recaudit.audits import config, groups
+    from recaudit.recsys import events, formats
 
     started = time.perf_counter()
     parsed = events.parse_file(data / "events.log")
@@ -132,9 +132,9 @@ def main() -> None:
         print(json.dumps(result, default=str))
         return
 
-    from audits.ingest import ingest
-    from audits.store import Store
-    from recsys.simulate import Config, simulate
+    from recaudit.audits.ingest import ingest
+    from recaudit.audits.store import Store
+    from recaudit.recsys.simulate import Config, simulate
 
     data = args.workdir / "data"
     if not (data / "events.log").exists():

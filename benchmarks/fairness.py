@@ -44,8 +44,8 @@ def world(n_users: int, n_movies: int, n_ratings: int, seed: int) -> tuple[pd.Da
 
 
 def measure(n_users: int, n_movies: int, n_ratings: int, resamples: int) -> dict:
-    from audits import config, fairness
-    from recsys import recommender as rc
+    from recaudit.audits import config, fairness
+    from recaudit.recsys import recommender as rc
 
     users, ratings = world(n_users, n_movies, n_ratings + 200_000, seed=0)
     train, evaluation = ratings.iloc[:200_000], ratings.iloc[200_000:].reset_index(drop=True)

@@ -27,9 +27,9 @@ DAY = ("2024-01-02", "2024-01-03")
 
 
 def audits(url: str, out: str) -> dict:
-    from audits import config
-    from audits import run as runs
-    from audits.store import Store
+    from recaudit.audits import config
+    from recaudit.audits import run as runs
+    from recaudit.audits.store import Store
 
     cfg = config.load()
     cfg["feedback"]["correlation_window"] = "1d"  # this day against the one before, whatever the default
@@ -59,9 +59,9 @@ def main() -> None:
         print(json.dumps(audits(url, out), default=str))
         return
 
-    from audits.ingest import ingest
-    from audits.store import Store
-    from recsys.simulate import Config, simulate
+    from recaudit.audits.ingest import ingest
+    from recaudit.audits.store import Store
+    from recaudit.recsys.simulate import Config, simulate
 
     data = args.workdir / "data"
     if not (data / "events.log").exists():

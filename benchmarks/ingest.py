@@ -37,7 +37,7 @@ SPLIT = re.compile(r"^([^,]*),([^,]*),(.*)$")
 
 
 def make_log(workdir: Path, lines: int) -> Path:
-    from recsys.simulate import Config, simulate
+    from recaudit.recsys.simulate import Config, simulate
 
     log = workdir / f"events-{lines}.log"
     if log.exists():
@@ -65,14 +65,14 @@ def phase(name: str, log: Path, url: str | None) -> dict:
         matched = [pattern.match(line).groups() for line in text.splitlines()]
         lines = len(matched)
     elif name == "parse":  # chunk by chunk, as ingestion reads a log
-        from recsys.events import open_log, parse_stream
+        from recaudit.recsys.events import open_log, parse_stream
 
         t0 = time.perf_counter()
         with open_log(log) as f:
             lines = sum(part.lines for part in parse_stream(f, str(log)))
     else:
-        from audits.ingest import ingest
-        from audits.store import Store
+        from recaudit.audits.ingest import ingest
+        from recaudit.audits.store import Store
 
         store = Store(url)  # creates the schema
         t0 = time.perf_counter()

@@ -118,8 +118,8 @@ def main() -> None:
         print(json.dumps(client(int(port), users, float(rate) or None, float(seconds), int(connections))))
         return
 
-    from audits.store import Store
-    from recsys import recommender as rc
+    from recaudit.audits.store import Store
+    from recaudit.recsys import recommender as rc
 
     ratings = synthetic_ratings(args.users, args.movies, args.per_user)
     data = rc.split(ratings)

@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log = make_log(Path(tmp), args.lines)
-        from audits import config, validation
-        from recsys import events, formats
+        from recaudit.audits import config, validation
+        from recaudit.recsys import events, formats
 
         started = time.perf_counter()
         validation._gx()

@@ -184,7 +184,7 @@ def detect(path: str | Path) -> str:
         # unreadable parent, which would be reported as a missing file.
         mode = p.stat().st_mode
         if stat.S_ISDIR(mode):
-            from recsys.movielens import detect_version
+            from recaudit.recsys.movielens import detect_version
 
             os.scandir(p).close()  # an unlistable directory is named itself, not a file in it
             return "movielens" if detect_version(p) else "directory"

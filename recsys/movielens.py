@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from recsys.events import BLANK, SCHEMAS as EVENT_SCHEMAS, iter_chunks
-from recsys.formats import InputError, RowError, frame
+from recaudit.recsys.events import BLANK, SCHEMAS as EVENT_SCHEMAS, iter_chunks
+from recaudit.recsys.formats import InputError, RowError, frame
 
 # The files of each version in the order they are read: users, movies, ratings.
 FILES = {"100k": ("u.user", "u.item", "u.data"), "1m": ("users.dat", "movies.dat", "ratings.dat")}

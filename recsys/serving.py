@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from recsys.events import STATUS_OK, format_recommendation
-from recsys.recommender import Model
+from recaudit.recsys.events import STATUS_OK, format_recommendation
+from recaudit.recsys.recommender import Model
 
 # ASCII digits only: \d (and int()) also take other scripts' digits, so "١٢" would be served and
 # logged as user 12.

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys import formats
+from recaudit.recsys import formats
 
 INJECTIONS = ("corrupt", "drift", "fairness", "feedback")
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",

@@ -31,7 +31,7 @@ import pandas as pd
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from audits import store as st
+from recaudit.audits import store as st
 
 SCHEMA = "recaudit.alert/1"
 SEVERITIES = ("info", "warning", "critical")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from audits.files import write_atomic
-from reports import charts
+from recaudit.audits.files import write_atomic
+from recaudit.reports import charts
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TRENDS = {  # chart title: {line name: metric key}
@@ -29,7 +29,7 @@ TRENDS = {  # chart title: {line name: metric key}
 def environment():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"]),
+    env = Environment(loader=PackageLoader("recaudit.reports", "templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["percent"] = lambda v: "–" if _missing(v) else (f"{v:.1f}%" if v >= 0.1 or v == 0 else f"{v:.2g}%")
     env.filters["number"] = lambda v: "–" if _missing(v) else (f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}")

@@ -31,7 +31,7 @@ def user_errors(*paths):
     """Turn the errors a user can fix into one-line messages: an InputError, and an OSError on
     one of `paths` (those the user named: None for one not given), on a directory above one or on
     a file inside one. Any other error is the program's and keeps its traceback."""
-    from recsys.formats import InputError
+    from recaudit.recsys.formats import InputError
 
     try:
         yield
@@ -56,7 +56,7 @@ def _within(failed, named) -> bool:
 def open_store(db: str | None):
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-    from audits.store import Store, resolve_url
+    from recaudit.audits.store import Store, resolve_url
 
     url = resolve_url(db)
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
@@ -113,7 +113,7 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
       fairness  ratings by women and by seniors become noisier
       feedback  the recommender retrains daily on its own exposure
     """
-    from recsys.simulate import INJECTIONS, Config, simulate as run
+    from recaudit.recsys.simulate import INJECTIONS, Config, simulate as run
 
     try:
         first = date.fromisoformat(start)
@@ -159,7 +159,7 @@ def ingest(db, validate, config_path, as_json, paths):
     1-5, a list without 20 movies, a duplicate event, ...) are quarantined with the
     expectation's name as the reason instead of stored.
     """
-    from audits.ingest import ingest as run
+    from recaudit.audits.ingest import ingest as run
 
     config = load_config(config_path) if validate else None
     with user_errors(*paths):
@@ -197,7 +197,7 @@ def parse_time(value: str | None, option: str):
 
 
 def load_split(store, until):
-    from recsys import recommender as rc
+    from recaudit.recsys import recommender as rc
 
     ratings = store.read("ratings")
     if ratings.empty:
@@ -239,7 +239,7 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
     """
     from pathlib import Path
 
-    from recsys import recommender as rc
+    from recaudit.recsys import recommender as rc
 
     store = open_store(db)
     data = load_split(store, parse_time(until, "--until"))
@@ -253,7 +253,7 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
             out.write_text(json.dumps(result, indent=2) + "\n")
             emit({**result, "path": str(out)}, as_json, lambda r: _print_comparison(r, out))
             return
-        from scheduler.jobs import save_model
+        from recaudit.scheduler.jobs import save_model
 
         model = rc.train(data, algo=algo, factors=factors, epochs=epochs, seed=seed)
         meta = model.metadata
@@ -291,7 +291,7 @@ def _print_comparison(result: dict, path) -> None:
 
 
 def load_model(store, model_id: str | None):
-    from recsys.recommender import Model
+    from recaudit.recsys.recommender import Model
 
     found = store.model_artifact(model_id)
     if found is None:
@@ -360,7 +360,7 @@ def serve(host, port, db, log_path, server_name, reload_seconds):
     """
     import socket
 
-    from recsys import serving
+    from recaudit.recsys import serving
 
     store = open_store(db)
     holder = serving.ModelHolder(lambda: store.model_artifact())
@@ -377,7 +377,7 @@ CONFIG_HELP = "Settings file [default: ./recaudit.toml if it exists; every setti
 
 
 def load_config(path):
-    from audits import config
+    from recaudit.audits import config
 
     with user_errors():
         return config.load(path)
@@ -406,7 +406,7 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
     Exit status: 0 when every expectation holds, 1 when any fails, 2 for a usage or input
     error. Made for CI: `--junit` writes a report GitHub Actions, GitLab and Jenkins display.
     """
-    from audits import validation
+    from recaudit.audits import validation
 
     cfg = load_config(config_path)
     if suite_dir:
@@ -418,7 +418,7 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
         params = validation.parameters(cfg, parse_time(since, "--since"), parse_time(until, "--until"), found["catalog"])
         outcomes = validation.run_suites(frames, params, cfg["validation"]["suite_dir"])
         if junit:
-            from reports import junit as junit_xml
+            from recaudit.reports import junit as junit_xml
 
             junit_xml.write(outcomes, junit)
     failed = [o for o in outcomes if o.success is False]
@@ -472,9 +472,9 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
     """
     from pathlib import Path
 
-    from audits import registry
-    from audits import run as runs
-    from scheduler.jobs import audit_and_publish
+    from recaudit.audits import registry
+    from recaudit.audits import run as runs
+    from recaudit.scheduler.jobs import audit_and_publish
 
     cfg = load_config(config_path)
     if model_id:
@@ -533,7 +533,7 @@ def report(db, config_path, out):
     Writes OUT/index.html (every run, newest first, and the key metrics across runs) and
     OUT/runs/<run_id>/index.html. The pages work offline, straight from the file system.
     """
-    from reports.html import publish
+    from recaudit.reports.html import publish
 
     cfg = load_config(config_path)
     store = open_store(db)
@@ -558,7 +558,7 @@ def alerts():
 @click.option("--json", "as_json", is_flag=True, help="Print the alerts as JSON.")
 def alerts_list(db, as_json):
     """Every alert, newest first, with the state of its delivery to each webhook."""
-    from reports import alerts as alerting
+    from recaudit.reports import alerts as alerting
 
     rows = alerting.outbox(open_store(db))
 
@@ -586,7 +586,7 @@ def alerts_deliver(db, config_path, as_json):
 
     Exit status: 1 when some delivery failed this time, else 0.
     """
-    from reports import alerts as alerting
+    from recaudit.reports import alerts as alerting
 
     cfg = load_config(config_path)
     counts = alerting.deliver(open_store(db), cfg["alerts"])
@@ -602,7 +602,7 @@ def alerts_test(config_path):
 
     Exit status: 1 when a webhook did not accept it.
     """
-    from reports import alerts as alerting
+    from recaudit.reports import alerts as alerting
 
     cfg = load_config(config_path)
     if not cfg["alerts"]["webhooks"]:
@@ -649,7 +649,7 @@ def schedule(db, config_path, once, host, port):
     import logging
     from pathlib import Path
 
-    from scheduler import service
+    from recaudit.scheduler import service
 
     cfg = load_config(config_path)
     if config_path is None and Path("recaudit.toml").exists():
@@ -673,7 +673,7 @@ def schedule(db, config_path, once, host, port):
         return
     import uvicorn
 
-    from scheduler import web
+    from recaudit.scheduler import web
 
     settings = cfg["schedule"]
     host, port = host or settings["host"], port or settings["port"]
@@ -712,7 +712,7 @@ def demo(out, quick, seed):
     """
     import time
 
-    from scheduler import demo as demonstration
+    from recaudit.scheduler import demo as demonstration
 
     started = time.perf_counter()
     with user_errors(out):

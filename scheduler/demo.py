@@ -35,7 +35,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                from reports.alerts import SIGNATURE_HEADER, sign
+                from recaudit.reports.alerts import SIGNATURE_HEADER, sign
 
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), sign(body, secret)):
@@ -89,12 +89,12 @@ def split_by_day(log: Path, into: Path, last_day: str) -> list[Path]:
 
 
 def run(out: str | Path, quick: bool = False, seed: int = 0, progress=print) -> Summary:
-    from audits import config
-    from audits.ingest import ingest
-    from audits.store import Store
-    from recsys import recommender as rc
-    from recsys.simulate import Config, simulate
-    from scheduler.jobs import audit_and_publish, save_model
+    from recaudit.audits import config
+    from recaudit.audits.ingest import ingest
+    from recaudit.audits.store import Store
+    from recaudit.recsys import recommender as rc
+    from recaudit.recsys.simulate import Config, simulate
+    from recaudit.scheduler.jobs import audit_and_publish, save_model
 
     out = Path(out)
     if out.exists():

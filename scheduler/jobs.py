@@ -20,9 +20,9 @@ class Published:
 
 def audit_and_publish(store, cfg: dict, since, until, names: list[str] | None, out: str | Path,
                       reference: tuple | None = None) -> Published:
-    from audits import run as runs
-    from reports import alerts
-    from reports.html import render_dashboard, render_run
+    from recaudit.audits import run as runs
+    from recaudit.reports import alerts
+    from recaudit.reports.html import render_dashboard, render_run
 
     result = runs.run(store, since, until, cfg, names, out, reference)
     document = result.to_dict()

@@ -112,8 +112,8 @@ def run_job(name: str, db: str, config_path: str | None = None) -> str:
     """Run one job and record it; the function APScheduler persists, by import path, for every
     job. Returns the run's status (ok or failed); never raises for a job's own failure, nor when
     the database is unreachable: then the outcome is kept and recorded once it is back."""
-    from audits import config
-    from audits.store import Store
+    from recaudit.audits import config
+    from recaudit.audits.store import Store
 
     run, store = RUNS.begin(name), None
     status, detail = "failed", None
@@ -144,7 +144,7 @@ def run_job(name: str, db: str, config_path: str | None = None) -> str:
 # -- the work of each job ----------------------------------------------------------------------
 
 def _ingest(store, cfg: dict) -> dict:
-    from audits.ingest import ingest
+    from recaudit.audits.ingest import ingest
 
     paths = cfg["schedule"]["watch"]
     if not paths:
@@ -154,8 +154,8 @@ def _ingest(store, cfg: dict) -> dict:
 
 def _audit(names: list[str]):
     def work(store, cfg: dict) -> dict:
-        from audits import run as runs
-        from scheduler.jobs import audit_and_publish
+        from recaudit.audits import run as runs
+        from recaudit.scheduler.jobs import audit_and_publish
 
         latest = store.latest_event_time()
         if latest is None:
@@ -168,8 +168,8 @@ def _audit(names: list[str]):
 
 
 def _retrain(store, cfg: dict) -> dict:
-    from recsys import recommender as rc
-    from scheduler.jobs import save_model
+    from recaudit.recsys import recommender as rc
+    from recaudit.scheduler.jobs import save_model
 
     settings = cfg["schedule"]["retrain"]
     ratings = store.read("ratings")
@@ -184,13 +184,13 @@ def _retrain(store, cfg: dict) -> dict:
 
 
 def _report(store, cfg: dict) -> dict:
-    from reports.html import publish
+    from recaudit.reports.html import publish
 
     return {"dashboard": str(publish(store, cfg["audit"]["out"]))}
 
 
 def _alerts(store, cfg: dict) -> dict:
-    from reports import alerts
+    from recaudit.reports import alerts
 
     return alerts.deliver(store, cfg["alerts"])
 
@@ -269,7 +269,7 @@ def sync(scheduler, db: str, config_path: str | None, cfg: dict) -> None:
             continue
         wanted = trigger(spec)
         if job is None:
-            scheduler.add_job("scheduler.service:run_job", wanted, id=name, name=name,
+            scheduler.add_job("recaudit.scheduler.service:run_job", wanted, id=name, name=name,
                               kwargs={"name": name, **kwargs}, next_run_time=now)
         elif str(job.trigger) != str(wanted) or job.kwargs != {"name": name, **kwargs}:
             job.modify(kwargs={"name": name, **kwargs})
@@ -438,7 +438,7 @@ class Service:
     def __init__(self, store, config_path: str | None, cfg: dict):
         from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 
-        from scheduler import web
+        from recaudit.scheduler import web
 
         self.store, self.config_path, self.cfg = store, config_path, cfg
         self.lease = Lease(store, cfg["schedule"]["lease_seconds"])

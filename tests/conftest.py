@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 ARTIFACTS = Path(os.environ.get("RECAUDIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 POSTGRES_URL = os.environ.get("RECAUDIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -60,7 +60,7 @@ def db_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def store(db_url):
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     s = Store(db_url)
     yield s

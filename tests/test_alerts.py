@@ -15,15 +15,15 @@ import pytest
 
 from sqlalchemy import update
 
-from audits import config as configuration
-from audits import store as st
-from audits.ingest import ingest
-from audits.store import Store
+from recaudit.audits import config as configuration
+from recaudit.audits import store as st
+from recaudit.audits.ingest import ingest
+from recaudit.audits.store import Store
 from conftest import run_cli
-from recsys.formats import InputError
-from recsys.simulate import Config, simulate
-from reports import alerts
-from scheduler.jobs import audit_and_publish
+from recaudit.recsys.formats import InputError
+from recaudit.recsys.simulate import Config, simulate
+from recaudit.reports import alerts
+from recaudit.scheduler.jobs import audit_and_publish
 
 SECRET_ENV = "RECAUDIT_TEST_WEBHOOK_SECRET"
 
@@ -86,7 +86,7 @@ def settings(url, **webhook):
 
 
 def finding(kind="fairness_gap", key="fairness.rmse_gap.sex", severity="warning", audit="fairness"):
-    from audits.result import Finding
+    from recaudit.audits.result import Finding
 
     return Finding(audit, key, severity, f"{key} is too large", 0.4, 0.2, kind=kind).to_dict()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from recsys import events as ev
+from recaudit.recsys import events as ev
 from test_recommender import free_port, get
 
 COMMANDS = ["demo", "schedule", "simulate", "ingest", "train", "recommend", "serve", "validate", "audit", "report", "alerts"]
@@ -35,7 +35,7 @@ def test_every_command_explains_itself(recaudit_bin, command):
 
 
 def test_help_imports_no_heavy_library_so_it_answers_at_once():
-    code = ("import sys\nfrom scheduler.cli import main\n"
+    code = ("import sys\nfrom recaudit.scheduler.cli import main\n"
             "try:\n    main(['--help'] if len(sys.argv) < 2 else [sys.argv[1], '--help'])\n"
             "except SystemExit:\n    pass\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
@@ -174,7 +174,7 @@ def test_an_unwritable_output_path_is_named_in_one_line(recaudit_bin, rated_db, 
 
 
 def test_an_unwritable_audit_output_records_no_run(recaudit_bin, rated_db, tmp_path):
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     (tmp_path / "file.txt").write_text("a file, not a directory\n")
     store = Store(f"sqlite:///{rated_db}")
@@ -185,7 +185,7 @@ def test_an_unwritable_audit_output_records_no_run(recaudit_bin, rated_db, tmp_p
 
 
 def test_an_oserror_on_a_path_the_user_did_not_name_keeps_its_traceback(tmp_path):
-    from scheduler.cli import UserError, user_errors
+    from recaudit.scheduler.cli import UserError, user_errors
 
     named = tmp_path / "named"
     with pytest.raises(UserError, match=f"{named}/inner: no such file or directory"):

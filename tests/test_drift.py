@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audits import config as configuration
-from audits import drift
-from audits import run as runs
-from audits.ingest import ingest
+from recaudit.audits import config as configuration
+from recaudit.audits import drift
+from recaudit.audits import run as runs
+from recaudit.audits.ingest import ingest
 from conftest import run_cli
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 SEEDS = range(10)
 
@@ -209,7 +209,7 @@ def test_an_empty_or_tiny_window_gives_insufficient_data_not_a_crash_or_an_alarm
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """The same service, unchanged and with the drift fault from day 3, for each seed."""
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     out = {}
     for seed in SEEDS:

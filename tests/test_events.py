@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys import events as ev
+from recaudit.recsys import events as ev
 
 FORMAT_EXAMPLES = b"""2024-02-27T18:45:18,156972,GET /data/m/batman+begins+2005/91.mpg
 2022-02-25T13:38:49,284508,GET /rate/audition+1999=3

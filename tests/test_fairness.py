@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audits import config as configuration
-from audits import fairness
-from audits.fairness import GroupMetrics
-from audits.ingest import ingest
-from audits.online import follow_ups
+from recaudit.audits import config as configuration
+from recaudit.audits import fairness
+from recaudit.audits.fairness import GroupMetrics
+from recaudit.audits.ingest import ingest
+from recaudit.audits.online import follow_ups
 from conftest import run_cli, seeded_services
-from recsys import events, formats
-from recsys import recommender as rc
-from recsys.simulate import Config, simulate
+from recaudit.recsys import events, formats
+from recaudit.recsys import recommender as rc
+from recaudit.recsys.simulate import Config, simulate
 
 SEEDS = range(10)
 
@@ -233,7 +233,7 @@ def test_cli_audit_with_an_unknown_model_is_a_usage_error(recaudit_bin, tmp_path
 
 
 def test_without_a_model_the_fairness_audit_says_so(store, tmp_path):
-    from audits import run as runs
+    from recaudit.audits import run as runs
 
     (tmp_path / "e.log").write_text("2024-01-01T00:00:00,1,GET /rate/a+2001=4\n")
     ingest(store, [str(tmp_path / "e.log")])

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from audits import config as configuration
-from audits import feedback
-from audits import run as runs
-from audits.ingest import ingest
+from recaudit.audits import config as configuration
+from recaudit.audits import feedback
+from recaudit.audits import run as runs
+from recaudit.audits.ingest import ingest
 from conftest import run_cli, seeded_services
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 SEEDS = range(10)
 
@@ -106,7 +106,7 @@ def daily_runs(store, days, out, config=None):
 
 
 def test_trend_reads_the_latest_run_of_each_earlier_window_only(tmp_path):
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     data = tmp_path / "data"
     simulate(data, Config(users=600, movies=150, days=5, seed=3))
@@ -124,7 +124,7 @@ def test_trend_reads_the_latest_run_of_each_earlier_window_only(tmp_path):
 @pytest.fixture(scope="module")
 def detection(tmp_path_factory):
     """For each seed, the last of four daily feedback audits from the middle day on."""
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     found = {}
     for faulty, seed, cfg, out in seeded_services(tmp_path_factory, "feedback", SEEDS, users=1000, movies=300, days=8):

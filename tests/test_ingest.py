@@ -11,11 +11,11 @@ import time
 import pandas as pd
 import pytest
 
-from audits import store as st
-from audits.ingest import ingest
+from recaudit.audits import store as st
+from recaudit.audits.ingest import ingest
 from conftest import run_cli
-from recsys import events as ev
-from recsys.formats import InputError
+from recaudit.recsys import events as ev
+from recaudit.recsys.formats import InputError
 
 
 def parsed_log(world) -> ev.ParsedEvents:

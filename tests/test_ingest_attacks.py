@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from audits import store as st
-from audits.ingest import ingest
+from recaudit.audits import store as st
+from recaudit.audits.ingest import ingest
 
 
 def watch_lines(user: int, n: int, start: int = 0) -> bytes:
@@ -196,8 +196,8 @@ def test_a_half_written_line_read_again_leaves_every_source_count_equal_to_its_r
 
 def test_a_run_with_a_very_long_server_name_is_recorded_and_finished(store, tmp_path):
     """A 300-character server name makes metric keys longer than any VARCHAR(255)."""
-    from audits.config import load as load_config
-    from audits.run import run
+    from recaudit.audits.config import load as load_config
+    from recaudit.audits.run import run
 
     server = "s" * 300 + ":8082"
     day = pd.Timestamp("2024-01-01")
@@ -217,8 +217,8 @@ def test_a_run_with_a_very_long_server_name_is_recorded_and_finished(store, tmp_
 
 
 def test_a_run_whose_results_cannot_be_written_is_marked_errored_with_the_reason(store, tmp_path):
-    from audits.config import load as load_config
-    from audits.run import run
+    from recaudit.audits.config import load as load_config
+    from recaudit.audits.run import run
 
     (tmp_path / "events.log").write_bytes(watch_lines(1, 10))
     ingest(store, [str(tmp_path / "events.log")])
@@ -277,7 +277,7 @@ def test_a_database_of_the_previous_version_is_upgraded_and_takes_forks_and_long
 def test_a_gz_log_with_damaged_compressed_data_is_an_input_error_naming_it(store, tmp_path):
     import gzip as gz
 
-    from recsys.formats import InputError
+    from recaudit.recsys.formats import InputError
 
     data = bytearray(gz.compress(watch_lines(1, 2000)))
     data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16  # inside the deflate stream

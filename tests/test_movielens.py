@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys import events, formats, movielens
-from recsys.formats import InputError
+from recaudit.recsys import events, formats, movielens
+from recaudit.recsys.formats import InputError
 
 FLAGS = {name: i for i, name in enumerate(movielens.GENRES_100K)}
 CHILDRENS = "Children's"

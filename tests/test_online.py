@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from audits import config as configuration
-from audits import online
-from audits import run as runs
-from audits.ingest import ingest
+from recaudit.audits import config as configuration
+from recaudit.audits import online
+from recaudit.audits import run as runs
+from recaudit.audits.ingest import ingest
 from conftest import run_cli
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 MOVIES = [f"m{i}+2001" for i in range(20)]
 

@@ -9,9 +9,9 @@ import re
 import pandas as pd
 import pytest
 
-from audits.store import Store
+from recaudit.audits.store import Store
 from conftest import ARTIFACTS, run_cli
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 JS = "window.__pwned=1;alert(1)"
 # Anywhere text is free (CSV fields, error texts): one of each way out of a context.

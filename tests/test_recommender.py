@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audits.ingest import ingest
+from recaudit.audits.ingest import ingest
 from conftest import run_cli
-from recsys import events as ev
-from recsys import recommender as rc
-from recsys.simulate import Config, simulate
+from recaudit.recsys import events as ev
+from recaudit.recsys import recommender as rc
+from recaudit.recsys.simulate import Config, simulate
 
 DENSE = dict(users=600, movies=150, days=21, active_share=0.8)  # enough ratings per user to learn from
 

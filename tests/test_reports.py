@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import ARTIFACTS, open_page, run_cli
-from recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import Config, simulate
 
 HOSTILE = "<script>alert('owned')</script> & <b>bold</b>"
 RENDERS = 10  # every page and artifact rewritten this many times while a reader polls them
@@ -86,8 +86,8 @@ def test_report_renders_every_page_again_from_the_database(recaudit_bin, publish
 def test_a_page_read_while_the_pages_are_rendered_again_is_never_empty_or_cut_short(published):
     """The report job renders every page again while the service serves them: a reader sees
     the old file or the new one, whole."""
-    from audits.store import Store
-    from reports.html import publish
+    from recaudit.audits.store import Store
+    from recaudit.reports.html import publish
 
     out = published["root"] / "polled"
     store = Store(f"sqlite:///{published['db']}")

@@ -17,11 +17,11 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from audits import config as configuration
-from audits.ingest import ingest
+from recaudit.audits import config as configuration
+from recaudit.audits.ingest import ingest
 from conftest import open_page, run_cli
-from recsys.simulate import Config, simulate
-from scheduler import service, web
+from recaudit.recsys.simulate import Config, simulate
+from recaudit.scheduler import service, web
 
 
 def only(*names, **when):
@@ -86,7 +86,7 @@ def test_once_runs_the_jobs_that_are_due_and_nothing_else(recaudit_bin, tmp_path
     second = run_cli(recaudit_bin, "schedule", "--once", "--db", db, "--config", config_path)
     assert second.returncode == 0 and b"no job was due" in second.stdout
 
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     store = Store(db)
     scheduler = service.build(store.url, config_path, configuration.load(config_path))
@@ -103,7 +103,7 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(recaudit_bin, tmp_pa
     db = str(tmp_path / "f.db")
     done = run_cli(recaudit_bin, "schedule", "--once", "--db", db, "--config", config_path)
     assert done.returncode == 1 and done.stdout.decode().split() == ["ingest:", "failed", "report:", "ok"]
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     runs = job_runs(Store(db))
     assert runs.status.tolist() == ["failed", "ok"] and "no such file" in runs.detail[0]
@@ -118,8 +118,8 @@ def free_port() -> int:
 def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from audits import run as runs
-    from audits.store import Store
+    from recaudit.audits import run as runs
+    from recaudit.audits.store import Store
 
     data = tmp_path / "data"
     simulate(data, Config(users=300, movies=120, days=2, seed=7, inject=("corrupt",)))
@@ -163,7 +163,7 @@ def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, t
 
 
 def test_sigterm_lets_the_running_job_finish_before_the_service_stops(recaudit_bin, tmp_path):
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     data = tmp_path / "data"
     simulate(data, Config(users=4000, movies=300, days=4, seed=2))
@@ -219,7 +219,7 @@ def test_exposition_skips_empty_values_and_labels_each_key_with_its_audit(store)
 
 
 def test_a_bad_schedule_is_an_input_error(tmp_path):
-    from recsys.formats import InputError
+    from recaudit.recsys.formats import InputError
 
     (tmp_path / "recaudit.toml").write_text('[schedule.jobs.drift]\nwhen = "every tuesday"\n')
     with pytest.raises(InputError, match="schedule.jobs.drift.when"):
@@ -488,7 +488,7 @@ class Proxy:
 def test_a_database_outage_is_answered_and_survived_without_a_restart(recaudit_bin, postgres_schema_url, tmp_path):
     from sqlalchemy.engine import make_url
 
-    from audits.store import Store
+    from recaudit.audits.store import Store
 
     store = Store(postgres_schema_url)  # straight to PostgreSQL: the test's view
     record_audit(store, 1.25)

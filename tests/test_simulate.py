@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from recsys import events as ev
-from recsys.simulate import Config, simulate
+from recaudit.recsys import events as ev
+from recaudit.recsys.simulate import Config, simulate
 
 SIZE = dict(users=1500, movies=300, days=6, seed=11)
 

@@ -1,0 +1,1 @@
+"""recaudit audits a recommender in production."""

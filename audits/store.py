@@ -883,6 +883,23 @@ class Store:
         df.insert(at, "movie_id", movie_id)
         return df
 
+    def frame(self, statement, fixed: bool = False) -> pd.DataFrame:
+        """Run a SQLAlchemy Core select into a frame. `fixed` selects (integer and time
+        columns, no NULLs) are read through binary COPY on PostgreSQL; times come back as
+        datetime64[ns], integer columns as int64.
+
+        Audits build their own selects over the tables of this module (with `between` for a
+        window) and read them through here.
+        """
+        with self.engine.connect() as conn:
+            if fixed and self.dialect == "postgresql":
+                sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                return _pg_copy_out(conn, sql, {})
+            result = conn.execute(statement)
+            cols = list(result.keys())
+            rows = result.all()
+        return _typed(pd.DataFrame.from_records(rows, columns=cols), self.dialect)
+
     def _frame(self, sql: str, params: dict | None = None, fixed: bool = False) -> pd.DataFrame:
         """Run a query into a frame; `fixed` queries (integer and time columns, no NULLs) read
         through binary COPY on PostgreSQL."""
@@ -915,6 +932,12 @@ def _typed(df: pd.DataFrame, dialect: str) -> pd.DataFrame:
         elif c in ("age", "year"):
             df[c] = df[c].astype("Int64")
     return df
+
+
+def between(column, since=None, until=None) -> list:
+    """The conditions of a window on a time column: since <= column < until (either end open)."""
+    return ([] if since is None else [column >= pd.Timestamp(since)]) + \
+        ([] if until is None else [column < pd.Timestamp(until)])
 
 
 def _whole_hours(since, until) -> tuple[int, int] | None:

@@ -1,8 +1,9 @@
 """Drift: does the current window look like the reference one, on the signals that matter for a
-recommender? Each signal is one column per window, built from aggregates computed in the
-database (a day of 8 M events becomes at most a few hundred thousand values), and compared with
-an effect-size test from evidently (Jensen-Shannon or normed Wasserstein distance), so that a
-large window does not flag a trivial change the way p-values at millions of rows would.
+recommender? Each signal is one column per window, built from aggregates of the window's events
+(a SignalSource: frames, or the store, where the database does the grouping and a day of 8 M
+events becomes at most a few hundred thousand values), and compared with an effect-size test
+from evidently (Jensen-Shannon or normed Wasserstein distance), so that a large window does not
+flag a trivial change the way p-values at millions of rows would.
 
 Categorical signals are compared as exact frequencies; numerical ones are sampled (seeded)
 beyond a bound, and the result says how much was sampled. A signal with too little data says
@@ -14,12 +15,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from recaudit.audits import config as configuration
 from recaudit.audits import groups
+from recaudit.audits.drift_sources import FrameSource, SignalSource, StoreSource
 from recaudit.audits.files import write_atomic
 from recaudit.audits.result import AuditResult, Finding
 
@@ -31,7 +36,7 @@ class Signal:
     name: str
     kind: str
     what: str  # in words, for findings: "rating", "watch minutes per session"
-    build: Callable  # (SignalSource, since, until) -> values (categorical: counts by category)
+    build: Callable  # (SignalSource, Basis) -> values (categorical: counts by category)
 
 
 @dataclass
@@ -49,156 +54,148 @@ class Column:
 TIERS = (("head", 0.5), ("middle", 0.8), ("tail", 1.0))  # movies taking 50%, the next 30%, the last 20% of viewing
 
 
-class SignalSource:
-    """Reads what the signals need from the store, once per window; popularity tiers come from
-    the reference window."""
+@dataclass
+class Basis:
+    """What both windows are read against: the settings, the model whose predictions are a
+    signal (None: no trained model), and the reference window, whose viewing draws the
+    popularity tiers (from half of its users: see `_watched_popularity`)."""
 
-    def __init__(self, store, config: dict, tiers: pd.Series | None = None, model=None, tier_window=None):
-        self.store, self.config, self.tiers, self.model = store, config, tiers, model
-        self.tier_window = tier_window  # the window the tiers were drawn from (its half 0)
-        self._cache: dict = {}
+    config: dict
+    reference: SignalSource
+    model: object | None = None
 
-    def cached(self, key, compute):
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    def sessions(self, since, until) -> pd.DataFrame:
-        return self.cached(("sessions", since, until), lambda: self.store.watch_sessions(since, until))
-
-    def watchers_per_movie(self, since, until, half: int | None = None) -> pd.Series:
-        """Sessions (user-days) per movie; `half` keeps one of two fixed halves of the users."""
-        s = self.sessions(since, until)
-        if half is not None:
-            s = s[_half(s["user_id"]) == half]
-        return s.groupby("movie_id", observed=True).size()
-
-    def active(self, since, until) -> pd.DataFrame:
-        """The attributes of every user active on each day (one row per user-day)."""
-        return self.cached(("active", since, until), lambda: self.store.active_user_days(since, until))
-
-
-def _half(user_ids: pd.Series) -> np.ndarray:
-    """A fixed split of users in two (by a hash of the id)."""
-    return ((user_ids.to_numpy(dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(63)).astype(int)
+    @cached_property
+    def tiers(self) -> pd.Series:
+        return popularity_tiers(self.reference.watchers_per_movie(half=0))
 
 
 def _counts(values: pd.Series) -> pd.Series:
     return values.astype(str).value_counts()
 
 
-def _rating(src, a, b):
-    c = src.store.value_counts("ratings", "rating", a, b)
-    return pd.Series(c["n"].to_numpy(), index=c["value"].astype(str))
+def _labelled(counts: pd.Series) -> pd.Series:
+    return pd.Series(counts.to_numpy(), index=counts.index.astype(str))
 
 
-def _status(src, a, b):
-    c = src.store.value_counts("recommendations", "status", a, b)
-    return pd.Series(c["n"].to_numpy(), index=c["value"].astype(str))
+def _rating(src, basis):
+    return _labelled(src.value_counts("ratings", "rating"))
 
 
-def _ratings_per_user(src, a, b):
-    return src.store.per_user_day("ratings", a, b)["n"].astype(float)
+def _status(src, basis):
+    return _labelled(src.value_counts("recommendations", "status"))
 
 
-def _minutes(src, a, b):
-    return src.sessions(a, b)["minutes"].astype(float)
+def _ratings_per_user(src, basis):
+    return src.ratings_per_user_day().astype(float)
+
+
+def _minutes(src, basis):
+    return src.sessions["minutes"].astype(float)
 
 
 def popularity_tiers(watchers: pd.Series) -> pd.Series:
     """Each movie's tier in a window's viewing: head (the most watched movies, taking the first
-    half of all sessions), middle (the next 30%), tail (the last 20%)."""
-    ordered = watchers.sort_values(ascending=False, kind="stable")
+    half of all sessions), middle (the next 30%), tail (the last 20%). Movies watched equally
+    often are ordered by id, so that the tiers do not depend on the order they were listed in."""
+    watchers = pd.Series(watchers.to_numpy(), index=watchers.index.astype(str))
+    ordered = watchers.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
     reach = ordered.cumsum() / max(ordered.sum(), 1)
     before = reach - ordered / max(ordered.sum(), 1)  # the share of viewing ahead of each movie
     labels = np.select([before < bound for _, bound in TIERS[:-1]], [name for name, _ in TIERS[:-1]], TIERS[-1][0])
-    return pd.Series(labels, index=ordered.index.astype(str))
+    return pd.Series(labels, index=ordered.index)
 
 
-def _tier_counts(src, counts: pd.Series) -> pd.Series:
+def _tier_counts(basis, counts: pd.Series) -> pd.Series:
     """How many of the counted items fall in each reference popularity tier (or are new)."""
-    tiers = src.tiers if src.tiers is not None else pd.Series(dtype=object)
-    tier = tiers.reindex(counts.index.astype(str)).fillna("new")
+    tier = basis.tiers.reindex(counts.index.astype(str)).fillna("new")
     return pd.Series(counts.to_numpy(), index=tier.to_numpy()).groupby(level=0).sum()
 
 
-def _watched_popularity(src, a, b):
+def _watched_popularity(src, basis):
     # In the reference window, the tiers were drawn from half of the users: the other half is
     # compared, or movies that were lucky in the draw would seem to lose viewers everywhere.
-    return _tier_counts(src, src.watchers_per_movie(a, b, half=1 if (a, b) == src.tier_window else None))
+    return _tier_counts(basis, src.watchers_per_movie(half=1 if src is basis.reference else None))
 
 
-def _recommended_popularity(src, a, b):
-    rec = src.store.recommended_counts(a, b)
-    return _tier_counts(src, pd.Series(rec["n"].to_numpy(), index=rec["movie_id"].astype(str)))
+def _recommended_popularity(src, basis):
+    return _tier_counts(basis, src.recommended_counts())
 
 
-def _genre(src, a, b):
-    movies = src.cached("movies", lambda: src.store.read("movies")).set_index("movie_id")["genres"]
-    watchers = src.watchers_per_movie(a, b)
-    genres = movies.reindex(watchers.index.astype(str)).fillna("").str.split("|")
+def _genre(src, basis):
+    watchers = src.watchers_per_movie()
+    genres = src.genres().reindex(watchers.index).fillna("").str.split("|")
     exploded = pd.DataFrame({"genre": genres.to_numpy(), "n": watchers.to_numpy()}).explode("genre")
     exploded["genre"] = exploded["genre"].replace("", groups.UNKNOWN)
     return exploded.groupby("genre")["n"].sum()
 
 
-def _age_group(src, a, b):
-    return _counts(groups.age_group(src.active(a, b), src.config["groups"]["age"]))
+def _age_group(src, basis):
+    return _counts(groups.age_group(src.active, basis.config["groups"]["age"]))
 
 
-def _sex(src, a, b):
-    return _counts(groups.sex(src.active(a, b)))
+def _sex(src, basis):
+    return _counts(groups.sex(src.active))
 
 
-def _occupation(src, a, b):
-    return _counts(groups.occupation(src.active(a, b)))
+def _occupation(src, basis):
+    return _counts(groups.occupation(src.active))
 
 
-def _latency(src, a, b):
-    c = src.store.value_counts("recommendations", "latency_ms", a, b, where="status = 200")
-    return pd.DataFrame({"value": c["value"].astype(float), "weight": c["n"].astype(float)})
+def _latency(src, basis):
+    c = src.value_counts("recommendations", "latency_ms", successful=True)
+    return pd.DataFrame({"value": c.index.to_numpy(dtype=float), "weight": c.to_numpy(dtype=float)})
 
 
-def _predicted_score(src, a, b):
+def _predicted_score(src, basis):
     """What the model predicts for the movies it was asked to recommend (prediction drift)."""
-    if src.model is None:
+    if basis.model is None:
         return None
-    items = src.store.read("items", a, b)
-    if items.empty:
+    pairs = src.recommended_pairs()
+    if pairs.empty:
         return pd.Series(dtype=float)
-    recs = src.store.read("recommendations", a, b)[["source_id", "line", "user_id"]]
-    pairs = items.merge(recs, on=["source_id", "line"])
-    limit = src.config["drift"]["max_sample"]
-    if len(pairs) > limit:
-        pairs = pairs.sample(limit, random_state=src.config["drift"]["seed"])
-    predicted, _cold = src.model.predict(pairs["user_id"].to_numpy(), pairs["movie_id"].astype(str).to_numpy())
+    limit, seed = basis.config["drift"]["max_sample"], basis.config["drift"]["seed"]
+    if len(pairs) > limit:  # drawn from the pairs in a fixed order: the same sample from any source
+        pairs = (pairs.assign(movie_id=pairs["movie_id"].astype(str))
+                 .sort_values(["user_id", "movie_id"], kind="stable", ignore_index=True)
+                 .sample(limit, random_state=seed))
+    predicted, _cold = basis.model.predict(pairs["user_id"].to_numpy(), pairs["movie_id"].astype(str).to_numpy())
     return pd.Series(predicted)
 
 
-SIGNALS = {s.name: s for s in (
-    Signal("rating", CATEGORICAL, "rating", _rating),
-    Signal("ratings_per_user", NUMERICAL, "ratings per rater per day", _ratings_per_user),
-    Signal("minutes_per_session", NUMERICAL, "watch minutes per session", _minutes),
-    Signal("watched_popularity", CATEGORICAL, "watched movies' popularity tier", _watched_popularity),
-    Signal("recommended_popularity", CATEGORICAL, "recommended movies' popularity tier", _recommended_popularity),
-    Signal("genre", CATEGORICAL, "genre of watched movies", _genre),
-    Signal("age_group", CATEGORICAL, "age group of daily active users", _age_group),
-    Signal("sex", CATEGORICAL, "sex of daily active users", _sex),
-    Signal("occupation", CATEGORICAL, "occupation of daily active users", _occupation),
-    Signal("latency", NUMERICAL, "recommendation latency (ms)", _latency),
-    Signal("status", CATEGORICAL, "request status", _status),
-    Signal("predicted_score", NUMERICAL, "predicted rating of recommended movies", _predicted_score),
-)}
+_BUILDERS = {  # name (configuration.DRIFT_SIGNALS): kind, what, build
+    "rating": (CATEGORICAL, "rating", _rating),
+    "ratings_per_user": (NUMERICAL, "ratings per rater per day", _ratings_per_user),
+    "minutes_per_session": (NUMERICAL, "watch minutes per session", _minutes),
+    "watched_popularity": (CATEGORICAL, "watched movies' popularity tier", _watched_popularity),
+    "recommended_popularity": (CATEGORICAL, "recommended movies' popularity tier", _recommended_popularity),
+    "genre": (CATEGORICAL, "genre of watched movies", _genre),
+    "age_group": (CATEGORICAL, "age group of daily active users", _age_group),
+    "sex": (CATEGORICAL, "sex of daily active users", _sex),
+    "occupation": (CATEGORICAL, "occupation of daily active users", _occupation),
+    "latency": (NUMERICAL, "recommendation latency (ms)", _latency),
+    "status": (CATEGORICAL, "request status", _status),
+    "predicted_score": (NUMERICAL, "predicted rating of recommended movies", _predicted_score),
+}
+if set(_BUILDERS) != set(configuration.DRIFT_SIGNALS):
+    raise ImportError(f"drift builds the signals {sorted(_BUILDERS)}, but the configuration names "
+                      f"{sorted(configuration.DRIFT_SIGNALS)} (config.DRIFT_SIGNALS)")
+SIGNALS = {name: Signal(name, *_BUILDERS[name]) for name in configuration.DRIFT_SIGNALS}  # in the configuration's order
 
 
 def column(signal: Signal, raw, config: dict, salt: int) -> Column | None:
     """A comparable column from what a builder returned: categorical counts become exact
-    frequencies over at most `max_sample` rows; numbers (weighted or not) a seeded sample."""
+    frequencies over at most `max_sample` rows; numbers (weighted or not) a seeded sample.
+
+    Values are taken in a fixed order (categories by label, numbers ascending) before they
+    are sampled, so that a column depends only on the data, not on the order a source
+    listed it in: frames and the store give the same column.
+    """
     if raw is None:
         return None
     limit, seed = config["drift"]["max_sample"], config["drift"]["seed"]
     if signal.kind == CATEGORICAL:
         counts = raw[raw > 0]
+        counts = counts.groupby(counts.index.astype(str)).sum()
         total = int(counts.sum())
         size = min(total, limit)
         if size == 0:
@@ -206,9 +203,10 @@ def column(signal: Signal, raw, config: dict, salt: int) -> Column | None:
         share = counts.to_numpy(dtype=float) / total * size
         n = np.floor(share).astype(int)
         n[np.argsort(-(share - n), kind="stable")[: size - n.sum()]] += 1  # largest remainders
-        return Column(pd.Series(np.repeat(counts.index.astype(str).to_numpy(), n), dtype=object), total)
+        return Column(pd.Series(np.repeat(counts.index.to_numpy(), n), dtype=object), total)
     rng = np.random.default_rng([seed, salt])
     if isinstance(raw, pd.DataFrame):  # values with weights
+        raw = raw.sort_values("value", kind="stable")
         weights = raw["weight"].to_numpy(dtype=float)
         total = int(weights.sum())
         if total == 0:
@@ -218,7 +216,7 @@ def column(signal: Signal, raw, config: dict, salt: int) -> Column | None:
         else:
             values = rng.choice(raw["value"].to_numpy(dtype=float), size=min(total, limit), p=weights / weights.sum())
         return Column(pd.Series(values), total)
-    values = raw.to_numpy(dtype=float)
+    values = np.sort(raw.to_numpy(dtype=float))
     if len(values) > limit:
         values = rng.choice(values, size=limit, replace=False)
     return Column(pd.Series(values), len(raw))
@@ -313,41 +311,104 @@ def reference_window(ctx) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def audit(ctx) -> AuditResult:
-    """The registered audit: every configured signal, reference against current window."""
-    config, settings = ctx.config, ctx.config["drift"]
+    """The registered audit: every configured signal, the stored reference window against the
+    run's window, aggregated in the database."""
     ref_since, ref_until = reference_window(ctx)
-    src = SignalSource(ctx.store, config, model=_newest_model(ctx.store), tier_window=(ref_since, ref_until))
-    src.tiers = popularity_tiers(src.watchers_per_movie(ref_since, ref_until, half=0))
+    return compare_windows(StoreSource(ctx.store, ref_since, ref_until), StoreSource(ctx.store, ctx.since, ctx.until),
+                           ctx.config, _newest_model(ctx.store), ctx.out_dir)
+
+
+def drift(reference, current, users: pd.DataFrame | None = None, movies: pd.DataFrame | None = None,
+          config: dict | None = None, *, model=None, out_dir=None) -> AuditResult:
+    """Compare two windows of events given as frames, as the drift audit compares stored ones.
+
+    Data that was never ingested (a log parsed in a notebook, an export, a test's frames) gets
+    the same verdicts, metrics and findings as the same events would get from the store.
+
+    Parameters
+    ----------
+    reference, current : ParsedEvents or mapping
+        The two windows: what `recaudit.read_log` returns (ParsedEvents), or a mapping or
+        namespace with its watches, ratings, recommendations and items frames. Every event
+        given is in the window; an item counts with its request.
+    users : DataFrame, optional
+        user_id, age, age_group, gender, occupation (as ``Store.read("users")`` gives them).
+        Without it, every active user's groups are unknown.
+    movies : DataFrame, optional
+        movie_id and genres (as ``Store.read("movies")`` gives them). Without it, every
+        watched movie's genre is unknown.
+    config : dict, optional
+        Settings in the shape of recaudit.toml, over the defaults: ``{"drift": {"seed": 1}}``.
+    model : Model, optional
+        The recommender whose predicted ratings of the recommended movies are a signal; without
+        one, that signal is skipped.
+    out_dir : path, optional
+        Where evidently's report of the comparison (drift.html, drift.json) is written, when
+        the ``drift.report`` setting is on; none is written without it.
+
+    Returns
+    -------
+    AuditResult
+        Metrics ``drift.<signal>.score`` and ``drift.<signal>.drifted`` for every signal with
+        enough values in both windows, ``drift.share_drifted`` and ``drift.dataset_drift``;
+        a finding per drifted signal, and one for dataset drift.
+
+    Examples
+    --------
+    Two days of a tiny log: too few values for any verdict, which the result says rather than
+    guessing (``drift.min_sample`` values are needed in each window).
+
+    >>> from recaudit.recsys.events import parse_bytes
+    >>> day1 = parse_bytes(b"2024-01-01T10:00:00,1,GET /rate/a+2001=4\\n"
+    ...                    b"2024-01-01T10:01:00,1,GET /data/m/a+2001/0.mpg\\n")
+    >>> day2 = parse_bytes(b"2024-01-02T10:00:00,2,GET /rate/a+2001=1\\n")
+    >>> result = drift(day1, day2)
+    >>> result.status, result.metrics
+    ('insufficient_data', {})
+    >>> [(s["signal"], s["status"], s.get("reference_n"), s.get("current_n")) for s in result.details["signals"]][:2]
+    [('rating', 'insufficient_data', 1, 1), ('ratings_per_user', 'insufficient_data', 1, 1)]
+    """
+    config = configuration.resolve(config)
+    return compare_windows(FrameSource(reference, users, movies), FrameSource(current, users, movies),
+                           config, model, out_dir)
+
+
+def compare_windows(reference: SignalSource, current: SignalSource, config: dict, model=None,
+                    out_dir=None) -> AuditResult:
+    """Every enabled signal, reference against current window: the one computation behind the
+    store-backed audit and `drift` on frames. Evidently's report is written into `out_dir`
+    when one is given and the ``drift.report`` setting is on."""
+    settings = config["drift"]
+    basis = Basis(config, reference, model)
     metrics, findings, rows, columns = {}, [], [], {}
     for i, (name, signal) in enumerate(SIGNALS.items()):
         per = settings["signals"][name]
         if not per["enabled"]:
             continue
-        reference = column(signal, signal.build(src, ref_since, ref_until), config, 2 * i)
-        current = column(signal, signal.build(src, ctx.since, ctx.until), config, 2 * i + 1)
+        ref = column(signal, signal.build(reference, basis), config, 2 * i)
+        cur = column(signal, signal.build(current, basis), config, 2 * i + 1)
         row = {"signal": name, "what": signal.what, "kind": signal.kind, "method": per["method"],
                "threshold": per["threshold"]}
-        if reference is None:
+        if ref is None:
             rows.append({**row, "status": "skipped", "note": "no trained model"})
             continue
-        row.update({"reference_n": reference.population, "current_n": current.population,
-                    "reference_sample": len(reference.values), "current_sample": len(current.values)})
-        if min(len(reference.values), len(current.values)) < settings["min_sample"]:
+        row.update({"reference_n": ref.population, "current_n": cur.population,
+                    "reference_sample": len(ref.values), "current_sample": len(cur.values)})
+        if min(len(ref.values), len(cur.values)) < settings["min_sample"]:
             rows.append({**row, "status": "insufficient_data",
                          "note": f"needs {settings['min_sample']:,} values in each window"})
             continue
-        verdict = compare(signal, reference, current, per, seed=settings["seed"] + i)
-        change = describe_change(signal, reference, current, config)
+        verdict = compare(signal, ref, cur, per, seed=settings["seed"] + i)
+        change = describe_change(signal, ref, cur, config)
         rows.append({**row, **verdict, "status": "drifted" if verdict["drifted"] else "stable", "change": change})
         metrics[f"drift.{name}.score"] = verdict["score"]
         metrics[f"drift.{name}.drifted"] = float(verdict["drifted"])
-        columns[name] = (signal, reference, current, per)
+        columns[name] = (signal, ref, cur, per)
         if verdict["drifted"]:
             findings.append(Finding("drift", f"drift.{name}.score", "warning",
                                     f"{change} ({verdict['method']} {verdict['score']:.2f} ≥ {verdict['threshold']:g})",
                                     value=verdict["score"], threshold=verdict["threshold"], kind="drift"))
-    details = {"reference": {"since": ref_since.isoformat(), "until": ref_until.isoformat()},
-               "current": {"since": ctx.since.isoformat(), "until": ctx.until.isoformat()},
+    details = {"reference": _span(reference), "current": _span(current),
                "signals": rows, "max_sample": settings["max_sample"], "seed": settings["seed"]}
     if not columns:
         return AuditResult("drift", status="insufficient_data", details=details)
@@ -361,9 +422,14 @@ def audit(ctx) -> AuditResult:
                                 f"dataset drift: {len(drifted)} of {len(columns)} signals drifted "
                                 f"({share:.0%} ≥ {settings['share_threshold']:.0%}): {names}",
                                 value=share, threshold=settings["share_threshold"], kind="dataset_drift"))
-    if settings["report"]:
-        details["artifacts"] = _evidently_report(columns, settings, ctx.out_dir)
+    if settings["report"] and out_dir is not None:
+        details["artifacts"] = _evidently_report(columns, settings, Path(out_dir))
     return AuditResult("drift", metrics=metrics, findings=findings, details=details)
+
+
+def _span(source: SignalSource) -> dict:
+    """A window's bounds for the details (a window of frames: its first and last event)."""
+    return {end: None if t is None else t.isoformat() for end, t in zip(("since", "until"), source.span)}
 
 
 def _newest_model(store):

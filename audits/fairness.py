@@ -8,6 +8,11 @@ its threshold and its interval excludes zero.
 The gap of a dimension is worst − best over the groups with at least `min_group_size`
 ratings. Its interval is that of the same two groups' difference across resamples: a
 resampled max − min would be positive by construction and could never exclude zero.
+
+`audit` (the CLI and the scheduler) builds the ratings frame from the store and a trained
+model's predictions; `fairness` takes one made anywhere, with dimensions of its own. Both hand
+it to `assess`. Ranking quality and online success per group need the model and the logs, and
+stay with `audit`.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recaudit.audits import config as configuration
 from recaudit.audits import groups
 from recaudit.audits.result import AuditResult, Finding
 
-DIMENSIONS = ("sex", "age", "occupation")
+# The dimensions recaudit.toml may name for stored users, and the column of the evaluated ratings
+# each is read from (the one `export` writes and `fairness` reads). A metric key names the dimension.
+COLUMNS = {"sex": "sex", "age": "age_group", "occupation": "occupation"}
 ACCURACY = ("rmse", "mae")
-DIMENSION_WORDS = {"sex": "sex", "age": "age group", "occupation": "occupation"}
+DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
+# Columns of a ratings frame that are never a dimension to compare users by.
+NOT_DIMENSIONS = ("user_id", "rating", "prediction", "cold_start", "movie_id", "time")
 
 
 @dataclass
@@ -168,39 +178,25 @@ def _float(value) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The audit.
+# Metrics and findings: one computation for the scheduled audit and for `fairness`.
 
-def evaluate(model, ratings: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
-    """Each rating with the model's prediction, served the way the model serves it (users or
-    movies it never saw get its baseline, flagged cold_start), and the user's groups."""
-    predicted, cold = model.predict(ratings["user_id"].to_numpy(), ratings["movie_id"].astype(str).to_numpy())
-    out = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(dtype=np.int64),
-                        "movie_id": ratings["movie_id"].astype(str).to_numpy(),
-                        "time": ratings["time"].to_numpy(), "rating": ratings["rating"].to_numpy(dtype=float),
-                        "prediction": predicted, "cold_start": cold})
-    return _with_groups(out, users, age_bins)
-
-
-def _with_groups(df: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
-    """Add sex, age and occupation; users missing from the users table are 'unknown'."""
-    known = groups.of_users(users, age_bins)
-    out = df.merge(known, on="user_id", how="left")
-    for dim in DIMENSIONS:
-        out[dim] = out[dim].fillna(groups.UNKNOWN)
-    return out
-
-
-def group_metrics(evaluated: pd.DataFrame, dimension: str, settings: dict) -> GroupMetrics:
+def group_metrics(evaluated: pd.DataFrame, column: str, settings: dict) -> GroupMetrics:
     return GroupMetrics((evaluated["prediction"] - evaluated["rating"]).to_numpy(dtype=float),
-                        evaluated["user_id"].to_numpy(), evaluated[dimension].to_numpy(),
+                        evaluated["user_id"].to_numpy(), evaluated[column].to_numpy(),
                         min_group_size=settings["min_group_size"], min_group_users=settings["min_group_users"],
                         resamples=settings["resamples"], seed=settings["seed"], confidence=settings["confidence"])
 
 
 def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.DataFrame | None = None,
-           online: pd.DataFrame | None = None) -> tuple[dict, list[Finding], list[dict]]:
-    """Metrics, findings and per-group rows for evaluated ratings; `ranking` (user_id, hit,
-    ndcg) and `online` (user_id, success) add ranking quality and online success per group."""
+           online: pd.DataFrame | None = None,
+           dimensions: dict[str, str] | None = None) -> tuple[dict, list[Finding], list[dict]]:
+    """Metrics, findings and per-group rows for evaluated ratings (user_id, rating, prediction,
+    cold_start and a column per dimension). `dimensions` maps each dimension's name, the one
+    metric keys and findings use, to its column: by default the configured dimensions of stored
+    users (`COLUMNS`). `ranking` (user_id, hit, ndcg) and `online` (user_id, success), with the
+    same columns, add ranking quality and online success per group."""
+    if dimensions is None:
+        dimensions = {dim: COLUMNS[dim] for dim in settings["dimensions"]}
     metrics: dict[str, float | None] = {}
     findings: list[Finding] = []
     rows: list[dict] = []
@@ -210,12 +206,12 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
             metrics[f"fairness.{metric}{name}"] = value
     metrics["fairness.n"] = len(evaluated)
     metrics["fairness.cold_start_share"] = float(evaluated["cold_start"].mean())
-    for dim in settings["dimensions"]:
-        frame = group_metrics(evaluated, dim, settings)
-        warm_frame = group_metrics(warm, dim, settings).by_group if len(warm) else None
+    for dim, column in dimensions.items():
+        frame = group_metrics(evaluated, column, settings)
+        warm_frame = group_metrics(warm, column, settings).by_group if len(warm) else None
         table = frame.by_group.join(frame.intervals)
-        cold = evaluated.groupby(dim)["cold_start"].mean()
-        extra = {key: _by(part, dim, col) for key, part, col in
+        cold = evaluated.groupby(column)["cold_start"].mean()
+        extra = {key: _by(part, column, col) for key, part, col in
                  (("hit_rate", ranking, "hit"), ("ndcg", ranking, "ndcg"), ("success_rate", online, "success"))
                  if part is not None}
         for group, row in table.iterrows():
@@ -248,8 +244,8 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
             listed = ", ".join(f"{_label(dim, g, age_bins)} ({r.n} ratings by {r.users} users)"
                                for g, r in small.iterrows())
             findings.append(Finding("fairness", f"fairness.n.{dim}", "info",
-                                    f"too little data for a verdict on {len(small)} {DIMENSION_WORDS[dim]} group(s) "
-                                    f"(fewer than {settings['min_group_size']} ratings or "
+                                    f"too little data for a verdict on {len(small)} {DIMENSION_WORDS.get(dim, dim)} "
+                                    f"group(s) (fewer than {settings['min_group_size']} ratings or "
                                     f"{settings['min_group_users']} users): {listed}", kind="insufficient_group"))
         for metric in ACCURACY:
             findings += _gap(frame, dim, metric, settings, metrics, age_bins)
@@ -269,7 +265,8 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, settings: dict, metrics: di
     table = frame.by_group
     w, b = table.loc[worst], table.loc[best]
     confidence = frame.difference_confidence
-    adjusted = "" if confidence == frame.confidence else f", adjusted for {len(frame.by_group[frame.by_group.sufficient])} groups"
+    adjusted = ("" if confidence == frame.confidence
+                else f", adjusted for {len(frame.by_group[frame.by_group.sufficient])} groups")
     message = (f"{metric.upper()} is {w[metric]:.2f} for {_label(dim, worst, age_bins)} against {b[metric]:.2f} for "
                f"{_label(dim, best, age_bins)}: a gap of {gap:.2f} ({confidence:.1%} interval {interval.low:.2f} to "
                f"{interval.high:.2f}{adjusted}) above the threshold {threshold:g}; {int(w['n']):,} ratings by "
@@ -278,17 +275,142 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, settings: dict, metrics: di
                     kind="fairness_gap")]
 
 
-def _by(part: pd.DataFrame, dim: str, column: str) -> dict:
-    grouped = part.groupby(dim)[column].agg(["size", "mean"])
+def _by(part: pd.DataFrame, column: str, value: str) -> dict:
+    grouped = part.groupby(column)[value].agg(["size", "mean"])
     return {g: (int(r["size"]), float(r["mean"])) for g, r in grouped.iterrows()}
 
 
 def _label(dim: str, group: str, age_bins: dict) -> str:
-    if dim == "age":
+    """A group in words for findings and tables: 'women', 'age group teen (13-17)', 'region south'."""
+    if dim in ("age", "age_group"):
         return f"age group {groups.describe(age_bins, group)}"
     if dim == "sex":
         return {"F": "women", "M": "men"}.get(group, f"sex {group}")
-    return f"occupation {group}"
+    return f"{dim} {group}"
+
+
+def _method(settings: dict) -> dict:
+    """The settings a reader needs to judge the intervals and the groups left without a verdict."""
+    return {key: settings[key] for key in ("resamples", "seed", "confidence", "min_group_size", "min_group_users")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions made anywhere: the function of the Python API.
+
+def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config: dict | None = None) -> AuditResult:
+    """Compare how well predictions serve each group of users, and report the gaps beyond chance.
+
+    The scheduled audit's computation, for predictions made anywhere (a notebook, an offline
+    evaluation of a new model): RMSE and MAE per group with bootstrap intervals that resample
+    users, and for each dimension the gap between its worst and best group, a finding when the
+    gap is above its threshold and its interval excludes zero. Groups too small for a verdict
+    are reported as such, never dropped.
+
+    Parameters
+    ----------
+    ratings : pandas.DataFrame
+        One row per rating: ``user_id``, ``rating``, ``prediction``, optionally ``cold_start``
+        (True where the model never saw the user or the movie; without the column every rating
+        counts as warm) and one column per dimension, named as you like (``sex``,
+        ``age_group``, ``region``, ...). Missing groups count as ``unknown``. Each user is in
+        one group per dimension, since the intervals resample users.
+    dimensions : list of str, optional
+        The columns to compare groups by; by default every column but ``user_id``, ``rating``,
+        ``prediction``, ``cold_start``, ``movie_id`` and ``time``.
+    config : dict, optional
+        Settings in the shape of recaudit.toml over its defaults, e.g. ``{"fairness":
+        {"resamples": 500, "seed": 1}}``; ``groups.age`` names the groups of an ``age_group``
+        column in findings. ``fairness.dimensions`` names the stored users' dimensions and is
+        not read here: pass `dimensions`.
+
+    Returns
+    -------
+    AuditResult
+        Metrics under the scheduled audit's keys (``fairness.rmse.<dimension>.<group>``,
+        ``fairness.rmse_gap.<dimension>``, ...), a finding per gap beyond chance that names
+        the groups and the numbers, and ``details["groups"]``, one row per group.
+
+    Raises
+    ------
+    ValueError
+        When a column is missing, a rating or prediction is not a number, a user is in two
+        groups of one dimension, or `config` names an unknown setting or a value it refuses.
+
+    Examples
+    --------
+    Sixty users rate ten movies each; the model is off by 0.6 more for the south:
+
+    >>> import numpy as np, pandas as pd
+    >>> import recaudit
+    >>> rng = np.random.default_rng(0)
+    >>> user = np.repeat(np.arange(60), 10)
+    >>> rating = rng.integers(1, 6, user.size).astype(float)
+    >>> region = np.where(user < 30, "north", "south")
+    >>> prediction = rating + rng.normal(0, 0.3, user.size) + np.where(region == "south", 0.6, 0)
+    >>> ratings = pd.DataFrame({"user_id": user, "rating": rating, "prediction": prediction,
+    ...                         "region": region})
+    >>> result = recaudit.fairness(ratings, config={"fairness": {"resamples": 100}})
+    >>> print(result.findings[0].message)
+    RMSE is 0.65 for region south against 0.29 for region north: a gap of 0.36 (95.0% interval
+    0.32 to 0.40) above the threshold 0.2; 300 ratings by 30 users against 300 by 30
+    >>> round(result.metrics["fairness.rmse_gap.region"], 2)
+    0.36
+    """
+    
+    cfg = configuration.resolve(config)
+    columns = [c for c in ratings.columns if c not in NOT_DIMENSIONS] if dimensions is None else list(dimensions)
+    missing = [c for c in ("user_id", "rating", "prediction", *columns) if c not in ratings.columns]
+    if missing:
+        raise ValueError(f"ratings has no column {', '.join(map(repr, missing))} "
+                         f"(it has {', '.join(map(repr, ratings.columns))})")
+    if not columns:
+        raise ValueError("no dimension to compare users by: add a column such as sex or region, or pass dimensions")
+    evaluated = pd.DataFrame({"user_id": ratings["user_id"].to_numpy()})
+    for column in ("rating", "prediction"):
+        values = pd.to_numeric(ratings[column], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{column} must be a number in every row ({int((~np.isfinite(values)).sum())} are not)")
+        evaluated[column] = values
+    cold = ratings["cold_start"] if "cold_start" in ratings else pd.Series(False, index=ratings.index)
+    evaluated["cold_start"] = cold.fillna(False).to_numpy(dtype=bool)
+    for column in columns:
+        # Strings, as GroupMetrics labels groups: a numeric group keeps one name throughout.
+        evaluated[column] = ratings[column].astype(object).where(ratings[column].notna(), groups.UNKNOWN) \
+            .astype(str).to_numpy()
+        split = evaluated.groupby("user_id")[column].nunique()
+        if (split > 1).any():
+            raise ValueError(f"user {split[split > 1].index[0]} is in more than one {column!r} group: the intervals "
+                             "resample users, so each user is in one group per dimension")
+    if evaluated.empty:
+        return AuditResult("fairness", "insufficient_data", details={"reason": "no ratings to evaluate"})
+    metrics, findings, rows = assess(evaluated, cfg["fairness"], cfg["groups"]["age"],
+                                     dimensions={str(c): c for c in columns})
+    return AuditResult("fairness", metrics=metrics, findings=findings,
+                       details={"groups": rows, **_method(cfg["fairness"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduled audit: a stored model's predictions for the stored ratings and users.
+
+def evaluate(model, ratings: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
+    """Each rating with the model's prediction, served the way the model serves it (users or
+    movies it never saw get its baseline, flagged cold_start), and the user's groups: the
+    ratings frame `fairness` takes, with the columns of `COLUMNS`."""
+    predicted, cold = model.predict(ratings["user_id"].to_numpy(), ratings["movie_id"].astype(str).to_numpy())
+    out = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(dtype=np.int64),
+                        "movie_id": ratings["movie_id"].astype(str).to_numpy(),
+                        "time": ratings["time"].to_numpy(), "rating": ratings["rating"].to_numpy(dtype=float),
+                        "prediction": predicted, "cold_start": cold})
+    return _with_groups(out, users, age_bins)
+
+
+def _with_groups(df: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
+    """Add sex, age_group and occupation; users missing from the users table are 'unknown'."""
+    known = groups.of_users(users, age_bins).rename(columns=COLUMNS)
+    out = df.merge(known, on="user_id", how="left")
+    for column in COLUMNS.values():
+        out[column] = out[column].fillna(groups.UNKNOWN)
+    return out
 
 
 def audit(ctx) -> AuditResult:
@@ -299,7 +421,8 @@ def audit(ctx) -> AuditResult:
     found = ctx.store.model_artifact(settings["model"] or None)
     if found is None:
         what = f"model {settings['model']!r}" if settings["model"] else "trained model"
-        return AuditResult("fairness", "insufficient_data", details={"reason": f"no {what} to evaluate (recaudit train)"})
+        return AuditResult("fairness", "insufficient_data",
+                           details={"reason": f"no {what} to evaluate (recaudit train)"})
     model_id, path = found
     model = Model.load(path)
     cutoff = pd.Timestamp(model.metadata["cutoff"])
@@ -321,8 +444,7 @@ def audit(ctx) -> AuditResult:
     ranking = _ranking(model, evaluated, settings, ranking_per_user)
     online = _online(ctx.store, since, ctx.until, users, age_bins, settings)
     metrics, findings, rows = assess(evaluated, settings, age_bins, ranking, online)
-    details.update(groups=rows, resamples=settings["resamples"], seed=settings["seed"],
-                   min_group_size=settings["min_group_size"], ranked_users=0 if ranking is None else len(ranking),
+    details.update(groups=rows, **_method(settings), ranked_users=0 if ranking is None else len(ranking),
                    requests=0 if online is None else len(online))
     return AuditResult("fairness", metrics=metrics, findings=findings, details=details)
 
@@ -336,7 +458,7 @@ def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -
     users = np.sort(rng.choice(liked, size=min(settings["ranking_max_users"], len(liked)), replace=False))
     ids, _scores, _cold = model.recommend_many(users, settings["k"])
     per_user = ranking_per_user(dict(zip(users.tolist(), ids)), evaluated, settings["k"])
-    return per_user.merge(evaluated.drop_duplicates("user_id")[["user_id", *DIMENSIONS]], on="user_id")
+    return per_user.merge(evaluated.drop_duplicates("user_id")[["user_id", *COLUMNS.values()]], on="user_id")
 
 
 def _online(store, since, until, users: pd.DataFrame, age_bins: dict, settings: dict) -> pd.DataFrame | None:
@@ -350,7 +472,6 @@ def _online(store, since, until, users: pd.DataFrame, age_bins: dict, settings: 
 
 def export(evaluated: pd.DataFrame, path: str | Path) -> None:
     """One row per evaluated rating, so a reviewer can recompute every number."""
-    columns = ["user_id", "movie_id", "time", "rating", "prediction", "cold_start", "sex", "age", "occupation"]
-    out = evaluated[columns].rename(columns={"age": "age_group"})
+    columns = ["user_id", "movie_id", "time", "rating", "prediction", "cold_start", *COLUMNS.values()]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")
+    evaluated[columns].to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")

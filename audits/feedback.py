@@ -3,16 +3,21 @@
 A loop shows in the logs alone: exposure concentrates on fewer movies run after run, and what
 gets rated follows what gets recommended. Each run measures both over the window; the trend
 comes from the metrics of earlier runs in the store.
+
+`audit` (the CLI and the scheduler) and `feedback` (a notebook's frames) both hand `measure`
+the same aggregates, read from the store or counted from the frames.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from recaudit.audits import groups
+from recaudit.audits import activity, groups
+from recaudit.audits import config as configuration
 from recaudit.audits.result import AuditResult, Finding
 
 LORENZ_POINTS = 101
@@ -125,13 +130,89 @@ def _counts(counts: pd.DataFrame) -> pd.Series:
     return counts.set_index(counts["movie_id"].astype(str))["n"]
 
 
+def feedback(recommendations: pd.DataFrame, items: pd.DataFrame, ratings: pd.DataFrame, watches: pd.DataFrame, *,
+             users: pd.DataFrame | None = None, movies: pd.DataFrame | None = None, since=None, until=None,
+             history: Sequence[Mapping[str, float | None]] = (), config: dict | None = None) -> AuditResult:
+    """The feedback audit over a notebook's own frames, with the metrics and findings of
+    `recaudit audit --only feedback` over the same events.
+
+    Parameters
+    ----------
+    recommendations, items, ratings, watches : DataFrame
+        Events shaped as `recaudit.recsys.events` parses them (`ParsedEvents`' frames), or as
+        `Store.read` returns them. They may reach back before `since`: the correlation is
+        taken over `feedback.correlation_window` and its lagged twin over the span before.
+    users : DataFrame, optional
+        users.csv as `recaudit.recsys.formats.read_users_csv` reads it; without it every user
+        is in the "unknown" sex and age groups.
+    movies : DataFrame, optional
+        The catalogue (movie_id, title): movies never recommended count in the concentration.
+        Without it the catalogue is the movies recommended.
+    since, until : timestamp, optional
+        The window [since, until) audited; by default, whole hours holding every event.
+    history : sequence of mappings, optional
+        The metrics of earlier runs, oldest first (e.g. ``[r.metrics for r in earlier]``):
+        the trend is fitted over the last ``feedback.trend_runs - 1`` of them and this one.
+        Without them the trend has this run alone: too few for a verdict, as
+        ``details["trend_note"]`` says.
+    config : dict, optional
+        Settings in the shape of recaudit.toml (``{"feedback": {"min_runs": 2}}``), over the
+        defaults.
+
+    Returns
+    -------
+    AuditResult
+        ``feedback.*`` metrics, the feedback-loop finding, and details for the report.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from recaudit.recsys import events
+    >>> log = events.parse_bytes(
+    ...     b"2024-01-01T10:00:00,1,recommendation request a, status 200, result: x+1, y+2, 80 ms\\n"
+    ...     b"2024-01-01T10:05:00,1,GET /data/m/x+1/0.mpg\\n"
+    ...     b"2024-01-01T11:00:00,1,GET /rate/x+1=5\\n")
+    >>> result = feedback(log.recommendations, log.items, log.ratings, log.watches)
+    >>> result.metrics["feedback.recommendations"], result.metrics["feedback.coverage"]
+    (2.0, 1.0)
+    >>> result.details["trend_note"]
+    'too few runs for a verdict on the trend: 1, fewer than feedback.min_runs (3)'
+    """
+    frames = activity.Frames(recommendations, items, ratings, watches, users)
+    if since is None or until is None:
+        since, until = frames.span()
+    config = configuration.resolve(config)
+    catalogue = movies if movies is not None else pd.DataFrame({"movie_id": pd.Series(dtype=object),
+                                                                "title": pd.Series(dtype=object)})
+    runs = config["feedback"]["trend_runs"] - 1
+    past = [{"until": None, **run} for run in list(history)[-runs:]] if runs > 0 else []
+    return measure(frames, catalogue, pd.Timestamp(since), pd.Timestamp(until), past, config)
+
+
 def audit(ctx) -> AuditResult:
+    """The registered audit: `measure` over the store's window, the trend from the store's runs."""
     settings = ctx.config["feedback"]
-    store, since, until = ctx.store, ctx.since, ctx.until
-    by_user = store.recommended_counts_by_user(since, until)  # (user attributes, movie, n)
+    history = ctx.store.metric_history(list(_trend_keys(settings)), ctx.until, settings["trend_runs"] - 1)
+    past = [{"until": end, **dict(zip(run["key"], run["value"]))}
+            for (end, _id), run in history.groupby(["until", "run_id"])]
+    return measure(activity.Stored(ctx.store), ctx.store.read("movies"), ctx.since, ctx.until, past, ctx.config)
+
+
+def _trend_keys(settings: dict) -> dict[str, str]:
+    """The metrics the trend follows, by the name of their column in the trend."""
+    return {"feedback.gini": "gini", "feedback.top10_share": "top10_share",
+            f"feedback.rating_rec_corr.{settings['correlation_method']}": "correlation"}
+
+
+def measure(source, movies: pd.DataFrame, since: pd.Timestamp, until: pd.Timestamp, past: list[dict],
+            config: dict) -> AuditResult:
+    """The audit's metrics and findings from the aggregates of `source` (`activity.Stored` or
+    `activity.Frames`): whichever holds the events, the same numbers. `past` is the earlier
+    runs of the trend, oldest first: their `until` (or None) and metrics."""
+    settings = config["feedback"]
+    by_user = source.recommended_counts_by_user(since, until)  # (user attributes, movie, n)
     if by_user.empty:
         return AuditResult("feedback", "insufficient_data", details={"reason": "no recommendations in the window"})
-    movies = store.read("movies")
     ids = by_user["movie_id"].astype(str).to_numpy()
     catalogue = pd.Index(movies["movie_id"].astype(str)).union(pd.Index(pd.unique(ids)))
     at, n = catalogue.get_indexer(ids), by_user["n"].to_numpy(dtype=float)
@@ -141,7 +222,7 @@ def audit(ctx) -> AuditResult:
     metrics.update({f"feedback.{k}": v for k, v in concentration(exposure.to_numpy()).items()})
     details: dict = {"lorenz": lorenz(exposure.to_numpy()), "groups": []}
 
-    labelled = {"sex": groups.sex(by_user), "age": groups.age_group(by_user, ctx.config["groups"]["age"])}
+    labelled = {"sex": groups.sex(by_user), "age": groups.age_group(by_user, config["groups"]["age"])}
     for dim, label in labelled.items():
         label = label.to_numpy()
         for group in sorted(set(label)):
@@ -155,10 +236,10 @@ def audit(ctx) -> AuditResult:
     # Daily counts of a small service are too sparse for a stable correlation: it is taken over
     # at least `correlation_window`, and the lagged one against the span just before that.
     start = min(since, until - pd.Timedelta(settings["correlation_window"]))
-    rated = _counts(store.rated_counts(start, until))
-    shown = exposure[exposure > 0] if start == since else _counts(store.recommended_counts(start, until))
+    rated = _counts(source.rated_counts(start, until))
+    shown = exposure[exposure > 0] if start == since else _counts(source.recommended_counts(start, until))
     now = rating_recommendation(rated, shown)
-    before = _counts(store.recommended_counts(start - (until - start), start))
+    before = _counts(source.recommended_counts(start - (until - start), start))
     lagged = rating_recommendation(rated, before) if len(before) else None
     for name, values in (("rating_rec_corr", now), ("rating_rec_corr_lagged", lagged)):
         for key in ("pearson", "pearson_p", "spearman", "spearman_p", "n"):
@@ -169,22 +250,25 @@ def audit(ctx) -> AuditResult:
     details["top"] = [{"movie_id": m, "title": titles.get(m), "recommended": int(n), "share": n / exposure.sum(),
                        "rated": int(rated.get(m, 0))} for m, n in exposure.nlargest(10).items()]
 
-    sessions = store.watch_sessions(since, until)
+    # Movie ids as text: ties in how often movies were watched fall in the same order whichever
+    # source numbered the movies.
+    sessions = source.watch_sessions(since, until)
+    sessions = sessions.assign(movie_id=sessions["movie_id"].astype(str))
     metrics.update({f"feedback.{k}": v for k, v in popularity_bias(exposure, sessions, settings["head_share"]).items()})
 
-    keys = {"feedback.gini": "gini", "feedback.top10_share": "top10_share",
-            f"feedback.rating_rec_corr.{settings['correlation_method']}": "correlation"}
-    past = store.metric_history(list(keys), until, settings["trend_runs"] - 1)
-    rows = [{"until": end, **dict(zip(run["key"], run["value"]))} for (end, _id), run in past.groupby(["until", "run_id"])]
-    rows.append({"until": until, **{key: metrics[key] for key in keys}})
+    keys = _trend_keys(settings)
+    rows = [*past, {"until": until, **{key: metrics[key] for key in keys}}]
     history = pd.DataFrame(rows).reindex(columns=["until", *keys]).rename(columns=keys)
     history[list(keys.values())] = history[list(keys.values())].astype(float)
     metrics["feedback.gini_slope"] = slope(history["gini"].tolist())
     metrics["feedback.top10_share_slope"] = slope(history["top10_share"].tolist())
     metrics["feedback.trend_runs"] = float(len(history))
-    details["trend"] = [{"until": pd.Timestamp(r.until).isoformat(), "gini": r.gini, "top10_share": r.top10_share,
-                         "correlation": None if pd.isna(r.correlation) else r.correlation}
+    details["trend"] = [{"until": None if pd.isna(r.until) else pd.Timestamp(r.until).isoformat(), "gini": r.gini,
+                         "top10_share": r.top10_share, "correlation": None if pd.isna(r.correlation) else r.correlation}
                         for r in history.itertuples()]
+    if len(history) < settings["min_runs"]:
+        details["trend_note"] = (f"too few runs for a verdict on the trend: {len(history)}, fewer than "
+                                 f"feedback.min_runs ({settings['min_runs']})")
     finding = loop_finding(history, settings)
     return AuditResult("feedback", metrics=metrics, findings=[finding] if finding else [], details=details)
 

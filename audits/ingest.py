@@ -13,14 +13,16 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
 
+from recaudit.audits import activity, sources
 from recaudit.audits import store as st
+from recaudit.clock import utc_now
 from recaudit.recsys import events as ev
 from recaudit.recsys import formats, movielens
 
@@ -62,35 +64,22 @@ class IngestSummary:
         return {**self.totals(), "sources": [asdict(s) for s in self.sources]}
 
 
-def plan(paths: Iterable[str]) -> list[tuple[str, str]]:
-    """(kind, path) for every source the paths name, checked before anything is written."""
-    out = []
-    for path in paths:
-        kind = formats.detect(path)
-        if kind == "directory":
-            files = formats.directory_files(path)
-            if not files:
-                raise formats.InputError(path, "no users.csv, movies.csv, event log or MovieLens files in it")
-            out += [(k, str(p)) for k, p in files]
-        else:
-            out.append((kind, path))
-    if sum(path == "-" for _, path in out) > 1:
-        raise formats.InputError("-", "standard input given more than once")
-    return out
+RowCheck = Callable[[ev.ParsedEvents, str], ev.ParsedEvents]
 
 
 def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BYTES,
-           stdin: BinaryIO | None = None, validate: dict | None = None) -> IngestSummary:
+           stdin: BinaryIO | None = None, check: RowCheck | None = None) -> IngestSummary:
     """Ingest every source the paths name, in order.
 
     A log is recognised by its content, whatever its name: a log that grew since it was
     ingested contributes its new lines, and a last line that was still being written when it
-    was read is read again, whole. `validate` (a configuration) quarantines the events that
-    fail a quarantining expectation, with its name as the reason.
+    was read is read again, whole. `check` takes each parsed piece of a log and its source's
+    name and returns the piece with the rows it refuses moved to the rejects (quarantined with
+    their reason), e.g. `validation.row_check(config)`; ingestion itself does not know the
+    contracts, so that validation can read files the way ingestion plans them.
     """
-    check = _validator(validate) if validate is not None else None
     results = []
-    for kind, path in plan(paths):
+    for kind, path in sources.plan(paths):
         if path == "-":
             results += _ingest_stdin(store, stdin or sys.stdin.buffer, chunk_bytes, check)
         elif kind == "events":
@@ -102,17 +91,6 @@ def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BY
         else:
             results.append(_ingest_movielens(store, Path(path)))
     return IngestSummary(results)
-
-
-def _validator(config: dict):
-    """The parsed pieces of a log, with events failing a quarantining expectation moved out."""
-    from recaudit.audits import validation
-
-    def check(parsed: ev.ParsedEvents, source: str) -> ev.ParsedEvents:
-        params = validation.parameters(config)
-        return validation.quarantine_failing(parsed, source, params, config["validation"]["suite_dir"])
-
-    return check
 
 
 # -- sources -----------------------------------------------------------------------------------
@@ -271,7 +249,8 @@ def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=Non
             if _seen(conn, plan.fingerprint):
                 results.append(SourceResult("-", "events", "skipped", first_line=first_line))
             else:
-                results.append(_commit_log(store, conn, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]), check))
+                results.append(_commit_log(store, conn, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]),
+                                           check))
         offset += len(data)
     return results
 
@@ -389,7 +368,7 @@ def _open_source(conn: Connection, kind: str, name: str, fingerprint: str, start
         kind=kind, name=name, fingerprint=fingerprint, start_offset=start, end_offset=start,
         continues=continues, partial_from=partial_from,
         first_line=first_line, last_line=first_line - 1, lines=0, stored="{}", quarantined=0,
-        ingested_at=pd.Timestamp.now("UTC").tz_localize(None),
+        ingested_at=utc_now(),
     ).returning(st.ingested_sources.c.id)).scalar_one()
     return source_id
 
@@ -423,9 +402,8 @@ def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.
                           "hour": w["time"].to_numpy(dtype="datetime64[h]").astype(np.int64)})
     rollup = hours.groupby(["user_id", "hour", "movie_key"]).size().rename("minutes").reset_index()
     store.upsert(conn, st.watch_hours, rollup, key=["user_id", "hour", "movie_key"], combine={"minutes": "add"})
-    spans = pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys, "time": w["time"].to_numpy(),
-                          "quarter": w["time"].to_numpy().astype("datetime64[s]").astype(np.int64) // st.SPAN_SECONDS})
-    spans = spans.groupby(["user_id", "quarter", "movie_key"])["time"].agg(first_at="min", last_at="max").reset_index()
+    spans = activity.quarter_spans(pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys,
+                                                 "time": w["time"].to_numpy()}), "movie_key")
     store.upsert(conn, st.watch_spans, spans, key=["user_id", "quarter", "movie_key"],
                  combine={"first_at": "min", "last_at": "max"})
     r = parsed.recommendations
@@ -475,7 +453,7 @@ def _near_times(parsed: ev.ParsedEvents, lines: np.ndarray, before=None) -> tupl
     events = pd.concat([parsed.watches[["line", "time"]], parsed.ratings[["line", "time"]],
                         parsed.recommendations[["line", "time"]]]).sort_values("line")
     if events.empty:
-        fallback = before if before is not None else pd.Timestamp.now("UTC").tz_localize(None).to_datetime64()
+        fallback = before if before is not None else utc_now().to_datetime64()
         return np.full(len(lines), fallback, dtype="datetime64[ns]"), before
     times, event_lines = events["time"].to_numpy(), events["line"].to_numpy()
     i = np.searchsorted(event_lines, lines) - 1

@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recaudit.audits import config as configuration
+from recaudit.audits import sources
 from recaudit.audits.result import AuditResult, Finding
+from recaudit.clock import utc_now
 from recaudit.recsys import events as ev
 from recaudit.recsys import formats, movielens
 
@@ -116,10 +119,8 @@ def table_frames(users: pd.DataFrame | None, movies: pd.DataFrame | None) -> dic
 def read_paths(paths: list[str]) -> tuple[dict[str, pd.DataFrame], dict]:
     """Frames of every file the paths name (event logs, users.csv, movies.csv, MovieLens or
     stream directories), for validation without a database; and the catalogue found."""
-    from recaudit.audits.ingest import plan
-
     parts: dict[str, list] = {"events": [], "users": [], "movies": []}
-    for kind, path in plan(paths):
+    for kind, path in sources.plan(paths):
         if kind == "events":
             try:
                 parts["events"].append(ev.parse_file(path))
@@ -151,7 +152,7 @@ def parameters(config: dict, since=None, until=None, catalog: set[str] | None = 
     """Suite parameters; a missing one makes the expectations that need it skip."""
     v = config["validation"]
     params = {"list_length": v["list_length"], "max_minute": v["max_minute"], "min_year": v["min_year"],
-              "max_year": v["max_year"], "now": pd.Timestamp.now("UTC").tz_localize(None)}
+              "max_year": v["max_year"], "now": utc_now()}
     if since is not None and until is not None:
         params["since"], params["until"] = pd.Timestamp(since), pd.Timestamp(until) - pd.Timedelta(1, "ns")
     if catalog is not None:
@@ -295,6 +296,15 @@ def _message(meta: dict, expectation: dict, result: dict, params: dict) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
+def row_check(config: dict):
+    """What `ingest(check=...)` takes to quarantine, as each piece of a log is parsed, the
+    events failing a quarantining expectation of the configured suites."""
+    def check(parsed: ev.ParsedEvents, source: str) -> ev.ParsedEvents:
+        return quarantine_failing(parsed, source, parameters(config), config["validation"]["suite_dir"])
+
+    return check
+
+
 def quarantine_failing(parsed: ev.ParsedEvents, source: str, params: dict, directory=None) -> ev.ParsedEvents:
     """Move the rows that fail a quarantining expectation (`meta.quarantine`) to the rejects,
     with the expectation's name as the reason; a recommendation takes its items along."""
@@ -348,10 +358,57 @@ def result(outcomes: list[Outcome], details: dict | None = None) -> AuditResult:
                        details={"expectations": [o.to_dict() for o in outcomes], **(details or {})})
 
 
+def validate(events: ev.ParsedEvents, users: pd.DataFrame | None = None, movies: pd.DataFrame | None = None, *,
+             since=None, until=None, config: dict | None = None) -> AuditResult:
+    """The suites on a notebook's own frames, with the outcomes `recaudit validate` gives for
+    the files they were read from.
+
+    Parameters
+    ----------
+    events : ParsedEvents
+        A parsed log (`recaudit.recsys.events.parse_file`), its rejects included: they are
+        what the log suite's "every line parses" counts.
+    users, movies : DataFrame, optional
+        users.csv and movies.csv as `recaudit.recsys.formats` reads them. Without movies there
+        is no catalogue, and the expectations that need one are skipped, saying so.
+    since, until : timestamp, optional
+        The window the events should fall in; without both, the expectations on it are skipped.
+    config : dict, optional
+        Settings in the shape of recaudit.toml (``{"validation": {"list_length": 10}}``), over
+        the defaults.
+
+    Returns
+    -------
+    AuditResult
+        ``validation.*`` metrics per expectation, a finding per failed one, and every
+        outcome in ``details["expectations"]``.
+
+    Examples
+    --------
+    >>> from recaudit.recsys import events
+    >>> log = events.parse_bytes(b"2024-01-01T10:00:00,1,GET /rate/x+1=4\\nnot an event\\n")
+    >>> result = validate(log)
+    >>> [f.key for f in result.findings]
+    ['validation.success.log.lines_parse']
+    """
+    return check(events, users, movies, since, until, configuration.resolve(config))
+
+
+def check(events: ev.ParsedEvents, users: pd.DataFrame | None, movies: pd.DataFrame | None, since, until,
+          config: dict) -> AuditResult:
+    """The suites on events and the tables beside them, whichever reads them: `validate` from
+    frames, `audit` from the store. Empty tables count as not given."""
+    users = users if users is not None and len(users) else None
+    movies = movies if movies is not None and len(movies) else None
+    catalog = set(movies["movie_id"].astype(str)) if movies is not None else None
+    frames = {**event_frames(events, catalog), **table_frames(users, movies)}
+    params = parameters(config, since, until, catalog)
+    return result(run_suites(frames, params, config["validation"]["suite_dir"]))
+
+
 def audit(ctx) -> AuditResult:
     """The registered audit: the suites on the run's window of stored data."""
     window = ctx.window
-    catalog = set(window.movies["movie_id"].astype(str)) if len(window.movies) else None
     # Lines quarantined at ingestion have no time: those of the sources this window's events
     # came from stand for the window's malformed lines.
     quarantined = ctx.store.quarantine_of_window(ctx.since, ctx.until)
@@ -362,10 +419,7 @@ def audit(ctx) -> AuditResult:
     by_rule = quarantined["reason"].str.startswith(QUARANTINED_BY)
     parsed = ev.ParsedEvents(window.watches, window.ratings, window.recommendations, window.items,
                              quarantined[~by_rule], lines=0)
-    frames = {**event_frames(parsed, catalog), **table_frames(window.users if len(window.users) else None,
-                                                             window.movies if len(window.movies) else None)}
-    params = parameters(ctx.config, ctx.since, ctx.until, catalog)
-    out = result(run_suites(frames, params, ctx.config["validation"]["suite_dir"]))
+    out = check(parsed, window.users, window.movies, ctx.since, ctx.until, ctx.config)
     for reason, n in quarantined.loc[by_rule, "reason"].value_counts().items():
         name = reason.removeprefix(QUARANTINED_BY)
         out.metrics[f"validation.quarantined.{name}"] = float(n)

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import peak_mb  # noqa: E402
+
 REFERENCE = ("2024-01-01", "2024-01-02")
 CURRENT = ("2024-01-02", "2024-01-03")
 
@@ -178,7 +179,8 @@ def main() -> None:
         if "timeout" not in plain_run:
             print(f"\nratio, plain run / ours ({name}): {plain_run['seconds'] / mine['seconds']:.1f}×")
     print(f"\n(ingest, not timed above: {', '.join(f'{n} {s:.0f} s' for n, s in ingest_seconds.items())}; "
-          f"rows compared by the plain run: {plain_run.get('rows') or results['plain: build the raw event frames']['rows']})")
+          "rows compared by the plain run: "
+          f"{plain_run.get('rows') or results['plain: build the raw event frames']['rows']})")
     print("ours, values behind each signal (current window: population, compared sample): "
           + json.dumps(results[f"ours ({next(iter(databases))})"]["signals"]))
 

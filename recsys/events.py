@@ -230,6 +230,54 @@ def parse_file(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> ParsedEvents
     return ParsedEvents.concat(parts) if parts else parse_bytes(b"", str(path))
 
 
+def read_log(path: str | Path) -> ParsedEvents:
+    """Read a service's event log into the typed frames the audits work on.
+
+    The parser `recaudit ingest` uses, for a log at hand in a notebook: the frames are the ones
+    stored and audited, and every line that is not an event is kept with its reason, so what
+    was left out is never silent.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An event log: ``time,user_id,event`` lines; ``.gz`` is decompressed, ``-`` is
+        standard input.
+
+    Returns
+    -------
+    ParsedEvents
+        ``watches``, ``ratings``, ``recommendations`` and ``items`` (each recommendation's
+        movies, keyed by its line), DataFrames with the columns and dtypes of `SCHEMAS`, and
+        ``rejects``: each other line with its number, text and the reason.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be opened or read.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import recaudit
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     log = pathlib.Path(tmp) / "events.log"
+    ...     _ = log.write_text(
+    ...       "2024-01-01T10:00:00,7,GET /data/m/heat+1995/1.mpg\\n"
+    ...       "2024-01-01T10:20:00,7,GET /rate/heat+1995=4\\n"
+    ...       "2024-01-01T10:21:00,7,recommendation request api1:8082, status 200, result: heat+1995, up+2009, 31 ms\\n"
+    ...       "2024-01-01T10:22:00,8,GET /rate/up+2009=9\\n")
+    ...     events = recaudit.read_log(log)
+    >>> events.ratings[["time", "user_id", "movie_id", "rating"]]
+                     time  user_id   movie_id  rating
+    0 2024-01-01 10:20:00        7  heat+1995       4
+    >>> events.items["movie_id"].tolist()
+    ['heat+1995', 'up+2009']
+    >>> events.rejects[["line", "reason"]].to_dict("records")
+    [{'line': 4, 'reason': 'rating not an integer 1-5'}]
+    """
+    return parse_file(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The vectorised path.
 
@@ -526,7 +574,8 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     # GET /rate/<slug>=<1-5>
     rest = np.flatnonzero(ok & ~w)  # lines that may still be ratings or recommendations
     rating = b.byte(e[rest] - 1).astype(np.int64) - 48
-    is_r = b.starts_with(body[rest], RATE_PREFIX) & (b.byte(np.maximum(e[rest] - 2, 0)) == ord("=")) & (rating >= 1) & (rating <= 5)
+    is_r = (b.starts_with(body[rest], RATE_PREFIX) & (b.byte(np.maximum(e[rest] - 2, 0)) == ord("="))
+            & (rating >= 1) & (rating <= 5))
     is_r &= e[rest] - 2 > body[rest] + len(RATE_PREFIX)
     rows = rest[is_r]
     slug, rows = _strings_or_slow(b, body[rows] + len(RATE_PREFIX), e[rows] - 2, rows, _SLUG_BAD, slow)
@@ -577,7 +626,8 @@ def _recommendations(b: _Buffer, rc, e, body, t, user, line_no, slow) -> tuple[p
     first = _np(parts.offsets)[:-1] - parts.offsets[0].as_py()  # index of each line's server
     flat = parts.values
     piece = lambda i: flat.take(pa.array(np.where(n_parts >= 4, i, first)))  # noqa: E731
-    server, status_text, result0, latency_text = piece(first), piece(first + 1), piece(first + 2), piece(first + n_parts - 1)
+    server, status_text, result0, latency_text = (piece(first), piece(first + 1), piece(first + 2),
+                                                  piece(first + n_parts - 1))
     keep = (n_parts >= 4) & _matches(status_text, r"status \d{1,3}") & _matches(latency_text, r"\d{1,9} ms")
     keep &= _np(pc.binary_length(server)) > 0
     keep &= _np(pc.starts_with(result0, "result: "))

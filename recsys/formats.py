@@ -1,5 +1,5 @@
-"""The stream world's files besides the log (users.csv, movies.csv), what kind a path holds,
-and the error that tells a user which file and line are wrong.
+"""The stream world's files besides the log (users.csv, movies.csv), and the error that tells a
+user which file and line are wrong.
 
 Frames follow `SCHEMAS`. A row that cannot be read becomes a reject (source, line, raw text,
 reason), never a silent drop; a file that cannot be read at all raises `InputError`.
@@ -7,11 +7,8 @@ reason), never a silent drop; a file that cannot be read at all raises `InputErr
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
-import os
-import stat
 import zlib
 from pathlib import Path
 
@@ -19,7 +16,6 @@ import pandas as pd
 
 USERS_HEADER = ["user_id", "age", "gender", "occupation"]
 MOVIES_HEADER = ["movie_id", "title", "year", "genres"]
-EVENT_LOG_SUFFIXES = (".log", ".log.gz", ".txt", ".txt.gz", ".gz")
 
 SCHEMAS = {
     # age_group is set only where the source fixes the group itself (MovieLens-1M "under 18");
@@ -158,74 +154,3 @@ def write_users_csv(users: pd.DataFrame, path: str | Path) -> None:
 
 def write_movies_csv(movies: pd.DataFrame, path: str | Path) -> None:
     movies[MOVIES_HEADER].to_csv(path, index=False, lineterminator="\n")
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-32's BOMs begin with these too
-
-
-def _header(first_line: bytes) -> list[str]:
-    return [c.strip() for c in first_line.decode("utf-8-sig", "replace").strip().lower().split(",")]
-
-
-def detect(path: str | Path) -> str:
-    """What a path holds: ``events``, ``users``, ``movies``, ``movielens`` or ``directory``.
-
-    Files are told apart by their first line, not their name: a CSV with the users or movies
-    header, otherwise an event log. A directory with MovieLens's files is ``movielens``; any
-    other directory is ``directory`` (its files are detected one by one). A path that cannot
-    be read raises InputError with the OS's reason (permission denied, a symlink loop, ...).
-    """
-    if str(path) == "-":
-        return "events"
-    p = Path(path)
-    try:
-        # os.stat, not Path.exists/is_dir: those answer False for a symlink loop or an
-        # unreadable parent, which would be reported as a missing file.
-        mode = p.stat().st_mode
-        if stat.S_ISDIR(mode):
-            from recaudit.recsys.movielens import detect_version
-
-            os.scandir(p).close()  # an unlistable directory is named itself, not a file in it
-            return "movielens" if detect_version(p) else "directory"
-        if not stat.S_ISREG(mode):
-            raise InputError(p, "not a regular file")
-        with open(p, "rb") as f:
-            first = f.readline(4096)
-    except OSError as exc:
-        raise InputError.from_os(exc, p) from None
-    if p.suffix == ".gz":
-        # Checked here, before anything is read or stored, so the file is named; an empty file
-        # is an empty log to gzip too.
-        if first and not first.startswith(GZIP_MAGIC):
-            raise InputError(p, "cannot be read: not gzip-compressed, though its name ends in .gz")
-        return "events"
-    if first.startswith(UTF16_BOMS) or b"\0" in first:
-        # UTF-16 (Excel's "Unicode text", Windows PowerShell's default): an ASCII header with
-        # NULs between its letters. Telling the user the header is wrong would send them astray.
-        plain = _header(first.removeprefix(codecs.BOM_UTF16_LE).removeprefix(codecs.BOM_UTF16_BE)
-                        .replace(b"\0", b""))
-        if p.suffix.lower() == ".csv" or plain in (USERS_HEADER, MOVIES_HEADER):
-            raise InputError(p, "not UTF-8: it looks like UTF-16 (save it as UTF-8)", line=1)
-        return "events"  # another binary file: as before, a log (in a directory, kept only if named like one)
-    header = _header(first)
-    if header == USERS_HEADER:
-        return "users"
-    if header == MOVIES_HEADER:
-        return "movies"
-    if p.suffix.lower() == ".csv":  # a CSV named so but with another header is a mistake, not a log
-        raise InputError(p, f"expected the header {','.join(USERS_HEADER)} or {','.join(MOVIES_HEADER)}", line=1)
-    return "events"
-
-
-def directory_files(path: str | Path) -> list[tuple[str, Path]]:
-    """The files of a stream-world directory in ingest order: users, movies, then event logs."""
-    order = {"users": 0, "movies": 1, "events": 2}
-    found = []
-    for p in sorted(Path(path).iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            kind = detect(p)
-            if kind == "events" and not p.name.endswith(EVENT_LOG_SUFFIXES):
-                continue  # READMEs, checksums and the like are not logs
-            found.append((kind, p))
-    return sorted(found, key=lambda kp: (order[kp[0]], str(kp[1])))

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from recaudit.recsys.events import BLANK, SCHEMAS as EVENT_SCHEMAS, iter_chunks
+from recaudit.recsys.events import BLANK, iter_chunks
+from recaudit.recsys.events import SCHEMAS as EVENT_SCHEMAS
 from recaudit.recsys.formats import InputError, RowError, frame
 
 # The files of each version in the order they are read: users, movies, ratings.

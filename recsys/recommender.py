@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recaudit.clock import utc_now
+
 ALGOS = ("svd", "baseline")
 RATING_SCALE = (1, 5)
 HOLDOUT = 0.2  # the most recent share of the time span held out when no cutoff is given
@@ -82,7 +84,8 @@ class Model:
         ids, scores, cold = self.recommend_many([user_id], k)
         return ids[0], scores[0], bool(cold[0])
 
-    def recommend_many(self, user_ids, k: int = 20, block: int = 2048) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    def recommend_many(self, user_ids, k: int = 20,
+                       block: int = 2048) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
         """Top-k for many users at once: movies they have seen are never recommended. Users the
         model never saw (cold) get the most popular movies they have not seen, with NaN scores."""
         user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -270,7 +273,7 @@ def train(data: Split, algo: str = "svd", factors: int = 100, epochs: int = 20, 
         "metrics": metrics,
         "training_seconds": round(seconds, 3),
         "versions": versions,
-        "created_at": pd.Timestamp.now("UTC").tz_localize(None).isoformat(),
+        "created_at": utc_now().isoformat(),
     }
     return model
 
@@ -435,7 +438,7 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
         rows.append(row)
     return {"cutoff": data.cutoff.isoformat(), "train_ratings": len(data.train), "test_ratings": len(data.test),
             "k": k, "seed": seed, "algorithms": rows,
-            "created_at": pd.Timestamp.now("UTC").tz_localize(None).isoformat()}
+            "created_at": utc_now().isoformat()}
 
 
 def _accuracy(predicted: np.ndarray, test: pd.DataFrame) -> dict:

@@ -13,10 +13,10 @@ import logging
 import re
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from recaudit.clock import utc_now
 from recaudit.recsys.events import STATUS_OK, format_recommendation
 from recaudit.recsys.recommender import Model
 
@@ -45,7 +45,7 @@ class ModelHolder:
         model = Model.load(found[1])  # loaded aside: requests keep using the old one meanwhile
         with self._lock:
             self.model, self.model_id = model, found[0]
-            self.loaded_at = datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+            self.loaded_at = utc_now().isoformat()
         return True
 
     def current(self) -> tuple[Model | None, str | None]:
@@ -84,7 +84,7 @@ def create_app(holder: ModelHolder, events: EventLog, server: str, reload_second
         if not USER_ID.match(raw):
             return PlainTextResponse("user id must be a non-negative integer\n", status_code=400)
         user_id = int(raw)
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = utc_now().to_pydatetime()
         model, _ = holder.current()
         if model is None:
             status, body, movies = 503, "no model has been trained yet\n", None

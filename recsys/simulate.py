@@ -412,7 +412,8 @@ class _Pieces:
                 status, server = day.status[rec], day.server[rec]
                 flat = self.take(self.slugs, day.lists[rec].ravel())
                 offsets = pa.array(np.arange(0, K * len(rec) + 1, K, dtype=np.int64))
-                listed = pc.binary_join(pa.LargeListArray.from_arrays(offsets, flat), pa.scalar(b", ", pa.large_binary()))
+                listed = pc.binary_join(pa.LargeListArray.from_arrays(offsets, flat),
+                                        pa.scalar(b", ", pa.large_binary()))
                 error = self.take(self.errors, np.where(status == 0, server, len(self.servers)))
                 result = pc.if_else(pa.array(status == 200), listed, error)
                 parts.append(join(time, b",", user, b",recommendation request ",

@@ -32,9 +32,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from recaudit.audits import store as st
+from recaudit.audits.result import SEVERITIES
+from recaudit.clock import utc_now
 
 SCHEMA = "recaudit.alert/1"
-SEVERITIES = ("info", "warning", "critical")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
        "!=": operator.ne}
 SIGNATURE_HEADER = "X-Recaudit-Signature"
@@ -49,10 +50,6 @@ class Condition:
     severity: str
     message: str
     metrics: dict
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now("UTC").tz_localize(None)
 
 
 def completed(run: dict) -> set[str]:
@@ -117,7 +114,7 @@ def evaluate(store: st.Store, run: dict, settings: dict, link: str) -> list[str]
     webhooks = [w["name"] for w in settings["webhooks"]]
     for _attempt in range(2):  # a concurrent evaluation may open the same condition first: read again
         created = []
-        now = _now()
+        now = utc_now()
         try:
             with store.transaction() as conn:
                 were_open = {row.condition: json.loads(row.payload) for row in conn.execute(
@@ -206,7 +203,7 @@ def post(webhook: dict, payload: dict) -> None:
         response.read()
 
 
-def deliver(store: st.Store, settings: dict, clock: Callable[[], pd.Timestamp] = _now) -> dict:
+def deliver(store: st.Store, settings: dict, clock: Callable[[], pd.Timestamp] = utc_now) -> dict:
     """Post every delivery that is due; failures are retried later with exponential backoff.
     Returns counts: delivered, failed (will be retried), waiting (not yet due).
 
@@ -272,7 +269,8 @@ def describe_error(exc: Exception) -> str:
 def outbox(store: st.Store) -> list[dict]:
     """Every alert, newest first, with the state of its deliveries."""
     with store.engine.connect() as conn:
-        alerts = conn.execute(select(st.alerts).order_by(st.alerts.c.created_at.desc(), st.alerts.c.id)).mappings().all()
+        newest_first = select(st.alerts).order_by(st.alerts.c.created_at.desc(), st.alerts.c.id)
+        alerts = conn.execute(newest_first).mappings().all()
         deliveries = conn.execute(select(st.alert_deliveries)).mappings().all()
     by_alert: dict[str, list] = {}
     for d in deliveries:
@@ -283,7 +281,7 @@ def outbox(store: st.Store) -> list[dict]:
 
 
 def test_payload() -> dict:
-    now = _now()
+    now = utc_now()
     return {"schema": SCHEMA, "alert_id": "test-" + hashlib.sha256(now.isoformat().encode()).hexdigest()[:16],
             "status": "test", "condition": "test", "rule": "test", "audit": None, "severity": "info",
             "message": "a test alert from recaudit: this webhook is reachable and verifies the signature",

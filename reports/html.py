@@ -3,7 +3,8 @@
 Jinja2 with autoescape: every value that comes from data is escaped. Pages are one file each,
 styles and charts (SVG) inline, so they open from disk with no network and read on a phone.
 A run's page lives in OUT/runs/<run_id>/index.html; the dashboard, OUT/index.html, lists every
-run and draws the key metrics across runs. Every file the reports write goes through
+run and draws the key metrics across runs. `AuditResult.save_html` writes one audit's section
+of a run page as a page of its own. Every file the reports write goes through
 `write_atomic`, so a page served while the report job runs is never half written.
 """
 
@@ -29,8 +30,8 @@ TRENDS = {  # chart title: {line name: metric key}
 def environment():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("recaudit.reports", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(loader=PackageLoader("recaudit.reports", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["percent"] = lambda v: "–" if _missing(v) else (f"{v:.1f}%" if v >= 0.1 or v == 0 else f"{v:.2g}%")
     env.filters["number"] = lambda v: "–" if _missing(v) else (f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}")
     env.globals["charts"] = charts
@@ -52,6 +53,12 @@ def render_run(run: dict, directory: str | Path) -> Path:
     return write_atomic(Path(directory) / "index.html", page)
 
 
+def render_audit(name: str, audit: dict, standalone: bool = True) -> str:
+    """One audit's result (`AuditResult.to_dict()`) on its own: its findings and the section the
+    run page shows for it, as a whole page or (not `standalone`) as a fragment to embed."""
+    return environment().get_template("audit.html.j2").render(name=name, audit=audit, standalone=standalone)
+
+
 def render_dashboard(store, out: str | Path) -> Path:
     """Write OUT/index.html: every run newest first, and the key metrics across runs."""
     runs = store.runs()
@@ -59,7 +66,8 @@ def render_dashboard(store, out: str | Path) -> Path:
     figures = []
     if len(series):  # one row per run (oldest first), one column per key
         order = series.drop_duplicates("run_id")
-        wide = series.pivot_table(index="run_id", columns="key", values="value", aggfunc="first").reindex(order["run_id"])
+        wide = series.pivot_table(index="run_id", columns="key", values="value",
+                                  aggfunc="first").reindex(order["run_id"])
         labels = [str(until)[:16].replace("T", " ") for until in order["until"]]
         for title, lines in TRENDS.items():
             values = {name: [None if pd.isna(v) else float(v) for v in wide[key]] if key in wide else []
@@ -74,7 +82,8 @@ def render_dashboard(store, out: str | Path) -> Path:
                   for s in SEVERITY_ORDER}
         top = sorted((f for a in document["audits"].values() for f in a["findings"]),
                      key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))[:3]
-        rows.append({**r, "counts": counts, "top": top, "audits": {k: a["status"] for k, a in document["audits"].items()},
+        rows.append({**r, "counts": counts, "top": top,
+                     "audits": {k: a["status"] for k, a in document["audits"].items()},
                      # a run that could not be finished has no page (publish renders none)
                      "page": f"runs/{r['id']}/index.html" if r["document"] else None})
     page = environment().get_template("dashboard.html.j2").render(runs=rows, figures=figures)

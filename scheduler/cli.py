@@ -2,7 +2,9 @@
 
 Heavy libraries are imported inside the commands that need them, so `recaudit --help` answers
 at once. A user's mistake (a missing file, a wrong header, an unreachable database) prints one
-line that names what is wrong and exits 2; an internal error keeps its traceback.
+line that names what is wrong and exits 2; an internal error keeps its traceback. The options
+several commands take (--db, --config, --json, ...) are declared once, in options.py. The
+README's reference is generated from --help: `cog -r README.md` after changing one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import date
 
 import click
 
-DB_HELP = "Database URL, or a path for an SQLite file [default: $RECAUDIT_DATABASE_URL, else ./recaudit.db]."
+from recaudit.scheduler.options import config_option, db_option, json_option, out_option, window_options
 
 
 class UserError(click.ClickException):
@@ -97,7 +99,7 @@ def main() -> None:
 @click.option("--start", default="2024-01-01", show_default=True, help="First day (YYYY-MM-DD, UTC).")
 @click.option("--inject", default="", metavar="LIST",
               help="Comma list of faults starting on the middle day: corrupt, drift, fairness, feedback.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_option("Print a JSON summary.")
 def simulate(out, users, movies, days, seed, start, inject, as_json):
     """Write a simulated streaming service: users.csv, movies.csv and events.log.
 
@@ -113,7 +115,8 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
       fairness  ratings by women and by seniors become noisier
       feedback  the recommender retrains daily on its own exposure
     """
-    from recaudit.recsys.simulate import INJECTIONS, Config, simulate as run
+    from recaudit.recsys.simulate import INJECTIONS, Config
+    from recaudit.recsys.simulate import simulate as run
 
     try:
         first = date.fromisoformat(start)
@@ -138,10 +141,10 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
 
 
 @main.command()
-@click.option("--db", metavar="URL", help=DB_HELP)
+@db_option
 @click.option("--validate", is_flag=True, help="Quarantine events that fail a row-level expectation of the suites.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file (with --validate).")
-@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@config_option("Settings file (with --validate).")
+@json_option("Print exactly one JSON object.")
 @click.argument("paths", nargs=-1, required=True)
 def ingest(db, validate, config_path, as_json, paths):
     """Store event logs, users.csv, movies.csv or MovieLens directories in the database.
@@ -159,12 +162,13 @@ def ingest(db, validate, config_path, as_json, paths):
     1-5, a list without 20 movies, a duplicate event, ...) are quarantined with the
     expectation's name as the reason instead of stored.
     """
+    from recaudit.audits import validation
     from recaudit.audits.ingest import ingest as run
 
-    config = load_config(config_path) if validate else None
+    check = validation.row_check(load_config(config_path)) if validate else None
     with user_errors(*paths):
         store = open_store(db)
-        summary = run(store, paths, validate=config)
+        summary = run(store, paths, check=check)
     data = summary.to_dict()
 
     def human(d):
@@ -179,9 +183,6 @@ def ingest(db, validate, config_path, as_json, paths):
                    f"{d['skipped_sources']} source(s) skipped")
 
     emit(data, as_json, human)
-
-
-MODELS_HELP = "Directory of model artifacts [default: ./models]."
 
 
 def parse_time(value: str | None, option: str):
@@ -211,9 +212,9 @@ def load_split(store, until):
 
 
 @main.command()
-@click.option("--db", metavar="URL", help=DB_HELP)
+@db_option
 @click.option("--models", "models_dir", default="models", show_default=True, type=click.Path(file_okay=False),
-              help=MODELS_HELP)
+              help="Directory of model artifacts.")
 @click.option("--until", metavar="TIME", help="Train on ratings strictly before TIME; evaluate on those after "
                                                "[default: all but the most recent 20% of the time span].")
 @click.option("--algo", type=click.Choice(["svd", "baseline"]), default="svd", show_default=True,
@@ -223,7 +224,7 @@ def load_split(store, until):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of SVD's initialisation and of sampling.")
 @click.option("--compare", is_flag=True, help="Compare SVD, KNNBaseline (item-based), BaselineOnly and popularity "
                                               "on the same split instead of saving a model.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
     """Train the reference recommender on the past and evaluate it on the most recent ratings.
 
@@ -265,8 +266,9 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
         click.echo(f"trained on {m['train']['ratings']:,} ratings before {m['cutoff']} "
                    f"({m['train']['users']:,} users, {m['train']['movies']:,} movies) in {m['training_seconds']:.1f} s")
         if metrics["n"]:
-            click.echo(f"evaluated on {metrics['n']:,} later ratings: RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f} "
-                       f"({metrics['cold_start_share']:.0%} by users or of movies the model never saw)")
+            click.echo(f"evaluated on {metrics['n']:,} later ratings: RMSE {metrics['rmse']:.4f}, "
+                       f"MAE {metrics['mae']:.4f} ({metrics['cold_start_share']:.0%} by users or of movies "
+                       "the model never saw)")
         else:
             click.echo("no ratings after the cutoff to evaluate on")
 
@@ -305,10 +307,10 @@ def load_model(store, model_id: str | None):
 
 @main.command()
 @click.argument("user_id", type=click.IntRange(min=0))
-@click.option("--db", metavar="URL", help=DB_HELP)
+@db_option
 @click.option("--model", "model_id", metavar="ID", help="A model id [default: the newest].")
 @click.option("--k", default=20, show_default=True, type=click.IntRange(min=1), help="How many movies.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def recommend(user_id, db, model_id, k, as_json):
     """Recommend K movies to a user with the newest model (or --model).
 
@@ -339,7 +341,7 @@ def recommend(user_id, db, model_id, k, as_json):
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8082, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--db", metavar="URL", help=DB_HELP)
+@db_option
 @click.option("--log", "log_path", default="recaudit-service.log", show_default=True, type=click.Path(dir_okay=False),
               help="Event log the service appends one recommendation line per request to.")
 @click.option("--server-name", metavar="NAME", help="Server name in the log lines [default: <hostname>:<port>].")
@@ -373,9 +375,6 @@ def serve(host, port, db, log_path, server_name, reload_seconds):
     serving.serve(app, host, port)
 
 
-CONFIG_HELP = "Settings file [default: ./recaudit.toml if it exists; every setting has a default]."
-
-
 def load_config(path):
     from recaudit.audits import config
 
@@ -383,16 +382,12 @@ def load_config(path):
         return config.load(path)
 
 
-def window_options(f):
-    f = click.option("--until", metavar="TIME", help="End of the window (exclusive).")(f)
-    return click.option("--since", metavar="TIME", help="Start of the window.")(f)
-
-
 @main.command()
-@click.option("--suite-dir", type=click.Path(file_okay=False), help="Suites to run [default: those shipped with recaudit].")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--suite-dir", type=click.Path(file_okay=False),
+              help="Suites to run [default: those shipped with recaudit].")
+@config_option()
 @window_options
-@click.option("--json", "as_json", is_flag=True, help="Print every expectation's outcome as JSON.")
+@json_option("Print every expectation's outcome as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML (one testcase per expectation).")
 @click.argument("paths", nargs=-1, required=True)
 def validate(suite_dir, config_path, since, until, as_json, junit, paths):
@@ -415,7 +410,8 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
         raise UserError("--since and --until go together (the window checked)")
     with user_errors(*paths, cfg["validation"]["suite_dir"], junit):
         frames, found = validation.read_paths(paths)
-        params = validation.parameters(cfg, parse_time(since, "--since"), parse_time(until, "--until"), found["catalog"])
+        window = parse_time(since, "--since"), parse_time(until, "--until")
+        params = validation.parameters(cfg, *window, found["catalog"])
         outcomes = validation.run_suites(frames, params, cfg["validation"]["suite_dir"])
         if junit:
             from recaudit.reports import junit as junit_xml
@@ -438,17 +434,17 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
 
 
 @main.command()
-@click.option("--db", metavar="URL", help=DB_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@db_option
+@config_option()
 @window_options
 @click.option("--reference-since", metavar="TIME", help="Start of the reference window drift compares with.")
 @click.option("--reference-until", metavar="TIME", help="End of the reference window (exclusive).")
 @click.option("--only", metavar="LIST", help="Comma list of audits to run [default: all].")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./recaudit-reports].")
+@out_option
 @click.option("--model", "model_id", metavar="ID", help="Model the fairness audit evaluates [default: the newest].")
 @click.option("--export-predictions", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the fairness audit's evaluated ratings with their predictions and groups as CSV.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run's results.json.")
+@json_option("Print the run's results.json.")
 def audit(db, config_path, since, until, reference_since, reference_until, only, out, model_id, export_predictions,
           as_json):
     """Run the audits over a window of stored data and record what they find.
@@ -524,9 +520,9 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
 
 
 @main.command()
-@click.option("--db", metavar="URL", help=DB_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: audit.out, ./recaudit-reports].")
+@db_option
+@config_option()
+@out_option
 def report(db, config_path, out):
     """Render every run's page and the dashboard again, from the database.
 
@@ -554,8 +550,8 @@ def alerts():
 
 
 @alerts.command("list")
-@click.option("--db", metavar="URL", help=DB_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the alerts as JSON.")
+@db_option
+@json_option("Print the alerts as JSON.")
 def alerts_list(db, as_json):
     """Every alert, newest first, with the state of its delivery to each webhook."""
     from recaudit.reports import alerts as alerting
@@ -577,9 +573,9 @@ def alerts_list(db, as_json):
 
 
 @alerts.command("deliver")
-@click.option("--db", metavar="URL", help=DB_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@db_option
+@config_option()
+@json_option("Print the counts as JSON.")
 def alerts_deliver(db, config_path, as_json):
     """Post every delivery that is due. Failures stay in the outbox and are retried with
     exponential backoff (`alerts.backoff_seconds`, doubling up to `alerts.max_backoff_seconds`).
@@ -596,7 +592,7 @@ def alerts_deliver(db, config_path, as_json):
 
 
 @alerts.command("test")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option()
 def alerts_test(config_path):
     """Send a test alert to every configured webhook, now, and say how each answered.
 
@@ -620,8 +616,8 @@ def alerts_test(config_path):
 
 
 @main.command()
-@click.option("--db", metavar="URL", help=DB_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@db_option
+@config_option()
 @click.option("--once", is_flag=True, help="Run every job that is due, then exit (for cron or a Kubernetes CronJob).")
 @click.option("--host", help="Address of the HTTP endpoints [default: schedule.host, 127.0.0.1].")
 @click.option("--port", type=int, help="Port of the HTTP endpoints [default: schedule.port, 8090].")

@@ -26,16 +26,17 @@ import threading
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
 
 import pandas as pd
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from recaudit.audits.config import JOBS
+from recaudit.clock import utc_now
+
 log = logging.getLogger("recaudit.schedule")
 
-JOBS = ("ingest", "validation", "drift", "fairness", "feedback", "retrain", "report", "alerts")
 JOB_TABLE = "scheduler_jobs"
 LEASE = "schedule"
 
@@ -64,7 +65,7 @@ class _Runs:
         self._unrecorded: list[dict] = []
 
     def begin(self, job: str) -> dict:
-        run = {"job": job, "id": None, "started_at": pd.Timestamp.now("UTC")}
+        run = {"job": job, "id": None, "started_at": utc_now().tz_localize("UTC")}
         with self._lock:
             self._running.append(run)
         return run
@@ -75,7 +76,8 @@ class _Runs:
 
     def keep(self, run: dict, status: str, detail: str) -> None:
         with self._lock:
-            self._unrecorded.append({**run, "status": status, "detail": detail, "finished_at": pd.Timestamp.now("UTC")})
+            self._unrecorded.append({**run, "status": status, "detail": detail,
+                                     "finished_at": utc_now().tz_localize("UTC")})
 
     def running(self) -> list[str]:
         with self._lock:
@@ -259,7 +261,7 @@ def sync(scheduler, db: str, config_path: str | None, cfg: dict) -> None:
     """Make the stored jobs match the configuration. Only the lease holder does this: two
     processes adding the same new job at once would collide."""
     settings = cfg["schedule"]
-    now = datetime.now(timezone.utc)
+    now = utc_now().tz_localize("UTC").to_pydatetime()
     kwargs = {"db": db, "config_path": config_path}
     for name in JOBS:
         spec, job = settings["jobs"][name], scheduler.get_job(name)
@@ -289,13 +291,14 @@ def recover(scheduler, store, me: str) -> list[str]:
     or cut off from the database for longer than the lease. The jobs are made due before the runs
     are marked, so that a failure in between leaves them to be found again."""
     left = store.unfinished_jobs(exclude=RUNS.mine())
-    now = datetime.now(timezone.utc)
+    now = utc_now().tz_localize("UTC").to_pydatetime()
     names = sorted({job for _, job in left})
     for name in names:
         job = scheduler.get_job(name)
         if job is not None and job.next_run_time is not None and job.next_run_time > now:  # not paused, not due yet
             job.modify(next_run_time=now)
-    store.interrupt_jobs([i for i, _ in left], f"interrupted: its process stopped before it finished; {me} runs it again")
+    store.interrupt_jobs([i for i, _ in left],
+                         f"interrupted: its process stopped before it finished; {me} runs it again")
     if left:
         log.warning("%d run(s) left running by a stopped process marked interrupted; running again: %s",
                     len(left), ", ".join(names))
@@ -315,7 +318,7 @@ def close(scheduler, wait: bool = False) -> None:
 
 
 def due(scheduler) -> list:
-    now = pd.Timestamp.now("UTC")
+    now = utc_now().tz_localize("UTC")
     return [job for job in scheduler.get_jobs() if job.next_run_time is not None and job.next_run_time <= now]
 
 
@@ -326,7 +329,7 @@ def run_due_once(scheduler, may_run=lambda: True) -> dict[str, str]:
     for job in sorted(due(scheduler), key=lambda j: JOBS.index(j.id)):
         if not may_run():
             break
-        now = pd.Timestamp.now("UTC").to_pydatetime()
+        now = utc_now().tz_localize("UTC").to_pydatetime()
         following = job.trigger.get_next_fire_time(job.next_run_time, now)
         while following is not None and following <= now:
             following = job.trigger.get_next_fire_time(following, now)

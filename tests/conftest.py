@@ -1,11 +1,10 @@
-"""Shared fixtures: databases (a real SQLite file and a real PostgreSQL), simulated data, and
-the installed `recaudit` command."""
+"""Shared fixtures: databases (a real SQLite file and a real PostgreSQL), simulated data, the
+installed `recaudit` command and a browser. The helpers the tests import are in support.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from recaudit.recsys.simulate import Config, simulate
 
-ARTIFACTS = Path(os.environ.get("RECAUDIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 POSTGRES_URL = os.environ.get("RECAUDIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -75,30 +73,14 @@ def small_world(tmp_path_factory) -> Path:
     return out
 
 
-def seeded_services(tmp_path_factory, fault: str, seeds=range(10), **sizes):
-    """For each seed, a simulated service without `fault` and one with it: yields (faulty,
-    seed, config, directory), for the detection-rate tests."""
-    for inject in ((), (fault,)):
-        for seed in seeds:
-            out = tmp_path_factory.mktemp(f"seed{seed}")
-            cfg = Config(**sizes, seed=seed, inject=inject)
-            simulate(out, cfg)
-            yield bool(inject), seed, cfg, out
-
-
 @pytest.fixture(scope="session")
 def recaudit_bin() -> str:
-    """The installed console script, run the way a user types it."""
+    """The installed console script, for what must run as a process of its own (run_process, Popen)."""
     path = Path(sys.executable).parent / "recaudit"
     found = str(path) if path.exists() else shutil.which("recaudit")
     if not found:
         pytest.fail("the recaudit console script is not installed: pip install -e '.[test]'")
     return found
-
-
-def run_cli(recaudit_bin: str, *args: str, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RECAUDIT_DATABASE_URL"}
-    return subprocess.run([recaudit_bin, *args], input=input, capture_output=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -111,28 +93,3 @@ def chromium() -> str:
         pytest.skip(reason)
     return found
 
-
-def open_page(chromium, path: Path, name: str, viewport=(1200, 900)):
-    """Load a page from disk; returns what a reviewer's browser saw: the page's text, every
-    requested URL, console errors, dialogs, and layout facts."""
-    from playwright.sync_api import sync_playwright
-
-    seen = {"requests": [], "errors": [], "dialogs": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-        page.on("request", lambda r: seen["requests"].append(r.url))
-        page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
-        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
-        page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
-        page.goto(path.resolve().as_uri())
-        page.wait_for_load_state("load")
-        seen["text"] = page.inner_text("body")
-        seen["charts"] = page.locator("svg.chart").count()
-        seen["findings"] = page.locator("#summary ul.findings li").count()
-        seen["run_links"] = page.locator("#runs a").count()
-        seen["overflow"] = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-        browser.close()
-    return seen

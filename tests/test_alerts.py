@@ -5,71 +5,23 @@ is sent once, and its resolution once."""
 import hashlib
 import hmac
 import json
-import socket
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
-
 from sqlalchemy import update
 
 from recaudit.audits import config as configuration
 from recaudit.audits import store as st
 from recaudit.audits.ingest import ingest
 from recaudit.audits.store import Store
-from conftest import run_cli
 from recaudit.recsys.formats import InputError
 from recaudit.recsys.simulate import Config, simulate
 from recaudit.reports import alerts
 from recaudit.scheduler.jobs import audit_and_publish
+from support import Receiver, free_port, run_cli
 
 SECRET_ENV = "RECAUDIT_TEST_WEBHOOK_SECRET"
-
-
-class Receiver:
-    """A webhook receiver: answers each request with the next planned (status, delay) or
-    (status, delay, headers), else (200, `delay`). A request is recorded when it arrives, before
-    the delay: a receiver sees an alert even when its answer comes too late."""
-
-    def __init__(self, port: int = 0, plan=(), delay: float = 0.0):
-        self.requests, self.plan = [], list(plan)
-        self.arrived = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self):  # any method: a followed redirect arrives as a GET
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, pause, *headers = outer.plan.pop(0) if outer.plan else (200, delay)
-                with outer.arrived:
-                    outer.requests.append({"method": self.command, "headers": dict(self.headers), "body": body,
-                                           "status": status})
-                    outer.arrived.notify_all()
-                time.sleep(pause)
-                self.send_response(status)
-                for name, value in (headers[0] if headers else {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            do_POST = do_GET = answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def wait_for(self, n: int) -> None:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: len(self.requests) >= n, timeout=30), f"{n} requests never came"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -98,12 +50,6 @@ def run_document(run_id, day, audits):
             "audits": {name: {"status": "findings" if fs else "ok", "metrics": metrics, "findings": fs,
                               "details": {}, "error": None, "seconds": 0.1}
                        for name, (metrics, fs) in audits.items()}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_payload_follows_the_schema_and_its_signature_verifies(store, receiver, monkeypatch):
@@ -154,7 +100,8 @@ def test_a_500_is_retried_with_exponential_backoff_until_accepted(store, monkeyp
         first = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
         assert alerts.deliver(store, s, clock=lambda: first)["failed"] == 1
         second = pd.Timestamp(alerts.outbox(store)[0]["deliveries"][0]["next_attempt_at"])
-        assert (first - now).total_seconds() == pytest.approx(30) and (second - first).total_seconds() == pytest.approx(60)
+        assert ((first - now).total_seconds() == pytest.approx(30)
+                and (second - first).total_seconds() == pytest.approx(60))
         assert alerts.deliver(store, s, clock=lambda: second)["delivered"] == 1
         assert [q["status"] for q in r.requests] == [500, 503, 200]
         assert len({q["headers"]["Idempotency-Key"] for q in r.requests}) == 1  # the receiver can deduplicate
@@ -234,7 +181,7 @@ def test_a_missing_secret_keeps_the_alert_pending_with_the_reason(store, receive
 @pytest.mark.parametrize("toml, message", [
     ('[[alerts.rules]]\nname = "x"\nmetric = "feedback.gini"\n', "needs op"),
     ('[[alerts.rules]]\nname = "x"\nmetric = "a"\nop = ">"\nthreshold = 1\nfinding = "b"\n', "either metric"),
-    ('[[alerts.rules]]\nname = "x"\nfinding = "b"\ncolour = "red"\n', "unknown setting 'colour'"),
+    ('[[alerts.rules]]\nname = "x"\nfinding = "b"\ncolour = "red"\n', "colour: unknown setting"),
     ('[[alerts.webhooks]]\nname = "w"\nurl = "ftp://x"\n', "http:// or https://"),
 ])
 def test_bad_alert_settings_are_input_errors(tmp_path, toml, message):
@@ -277,7 +224,8 @@ def test_a_metric_rule_is_judged_only_by_runs_of_its_audit(store):
     s = settings("http://127.0.0.1:9/hook")
     s["findings"] = ""
     s["rules"] = [{"name": "gap", "metric": "fairness.rmse_gap.sex", "op": ">", "threshold": 0.2}]
-    assert len(alerts.evaluate(store, run_document(1, 0, {"fairness": ({"fairness.rmse_gap.sex": 0.4}, [])}), s, "")) == 1
+    assert len(alerts.evaluate(store, run_document(1, 0, {"fairness": ({"fairness.rmse_gap.sex": 0.4}, [])}),
+                               s, "")) == 1
     assert alerts.evaluate(store, run_document(2, 1, {"validation": ({"validation.failed": 0}, [])}), s, "") == []
     assert alerts.evaluate(store, run_document(3, 2, {"fairness": ({"fairness.rmse_gap.sex": 0.5}, [])}), s, "") == []
     [resolved] = alerts.evaluate(store, run_document(4, 3, {"fairness": ({"fairness.rmse_gap.sex": 0.1}, [])}), s, "")

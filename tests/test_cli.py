@@ -1,4 +1,5 @@
-"""The command line as a user meets it: self-documenting, and quick to answer --help."""
+"""The command line as a user meets it: self-documenting, quick to answer --help, and described
+in the README by what --help prints."""
 
 import gzip
 import os
@@ -10,14 +11,17 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import click
 import pytest
 
-from conftest import run_cli
+from recaudit.audits.urls import URL_ENV
 from recaudit.recsys import events as ev
-from test_recommender import free_port, get
+from recaudit.scheduler.cli import main
+from support import HEAVY, free_port, get, run_cli, run_process
 
-COMMANDS = ["demo", "schedule", "simulate", "ingest", "train", "recommend", "serve", "validate", "audit", "report", "alerts"]
-HEAVY = ["pandas", "numpy", "pyarrow", "sqlalchemy", "evidently", "great_expectations", "surprise"]
+README = Path(__file__).resolve().parents[1] / "README.md"
+COMMANDS = ["demo", "schedule", "simulate", "ingest", "train", "recommend", "serve", "validate", "audit", "report",
+            "alerts"]
 
 
 def test_help_lists_every_command(recaudit_bin):
@@ -49,6 +53,44 @@ def test_unknown_command_is_a_usage_error(recaudit_bin):
     assert done.returncode == 2 and "No such command" in done.stderr.decode()
 
 
+def test_the_installed_console_script_runs_the_same_command(recaudit_bin):
+    done = run_process(recaudit_bin, "frobnicate")
+    assert done.returncode == 2 and "No such command" in done.stderr.decode()
+    assert run_process(recaudit_bin, "--version").stdout == run_cli(recaudit_bin, "--version").stdout
+
+
+def commands(group=main, words=()):
+    """Every command under `group`, with the words after `recaudit` that name it."""
+    for name, command in group.commands.items():
+        yield (*words, name), command
+        if isinstance(command, click.Group):
+            yield from commands(command, (*words, name))
+
+
+@pytest.mark.parametrize("command", [w for w, c in commands() if any(p.name == "db" for p in c.params)], ids=" ".join)
+def test_every_command_with_a_database_names_its_environment_variable_in_help(recaudit_bin, command):
+    shown = " ".join(run_cli(recaudit_bin, *command, "--help").stdout.decode().split())  # unwrapped
+    assert f"[env var: {URL_ENV}; default: (./recaudit.db)]" in shown
+
+
+def test_without_db_the_database_is_the_one_the_environment_names_and_db_wins_over_it(recaudit_bin, tmp_path):
+    named, given = tmp_path / "named.db", tmp_path / "given.db"
+    assert run_cli(recaudit_bin, "alerts", "list", cwd=tmp_path, env={URL_ENV: str(named)}).returncode == 0
+    assert named.exists() and not (tmp_path / "recaudit.db").exists()
+    assert run_cli(recaudit_bin, "alerts", "list", "--db", str(given), env={URL_ENV: str(named)}).returncode == 0
+    assert given.exists()
+    assert run_cli(recaudit_bin, "alerts", "list", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "recaudit.db").exists()
+
+
+def test_the_readme_command_reference_is_what_help_prints():
+    from cogapp import Cog
+
+    regenerate = "regenerate it: .venv/bin/cog -r README.md"
+    status = Cog().main(["cog", "--check", "--diff", "--check-fail-msg", regenerate, str(README)])
+    assert status == 0, f"README.md's --help reference is stale: {regenerate}"
+
+
 # -- input errors: one line naming the file and what is wrong, exit status 2, no traceback -------
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -66,7 +108,7 @@ def as_unprivileged(recaudit_bin: str, *args: str) -> subprocess.CompletedProces
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("running as root without setpriv (util-linux): permissions would not apply to the CLI")
-    return run_cli(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", recaudit_bin, *args)
+    return run_process(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", recaudit_bin, *args)
 
 
 @pytest.fixture
@@ -106,7 +148,8 @@ def test_a_truncated_gzip_log_is_named_as_one_that_cannot_be_read(recaudit_bin, 
     whole = gzip.compress(LOG_LINES)
     (tmp_path / "events.log.gz").write_bytes(whole[: len(whole) // 2])
     err = one_line_error(run_cli(recaudit_bin, *reader, "events.log.gz", cwd=tmp_path))
-    assert err == "error: events.log.gz: cannot be read (Compressed file ended before the end-of-stream marker was reached)"
+    assert err == ("error: events.log.gz: cannot be read "
+                   "(Compressed file ended before the end-of-stream marker was reached)")
 
 
 @READERS

@@ -11,9 +11,12 @@ import pytest
 from recaudit.audits import config as configuration
 from recaudit.audits import drift
 from recaudit.audits import run as runs
+from recaudit.audits.drift_sources import FrameSource, StoreSource
 from recaudit.audits.ingest import ingest
-from conftest import run_cli
+from recaudit.recsys import formats, recommender
+from recaudit.recsys.events import parse_file
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli
 
 SEEDS = range(10)
 
@@ -154,45 +157,59 @@ HAND_LOG = """2024-01-01T10:00:00,1,GET /data/m/a+2001/0.mpg
 """
 
 
+def sources(store, since, until):
+    """The window of stored data as each source reads it: aggregated in the database, and as
+    the frames the store gives back (shaped like the parser's)."""
+    a, b = pd.Timestamp(since), pd.Timestamp(until)
+    frames = {name: store.read(name, a, b) for name in ("watches", "ratings", "recommendations", "items")}
+    return {"store": StoreSource(store, a, b),
+            "frames": FrameSource(frames, store.read("users"), store.read("movies"))}
+
+
 def test_builders_count_per_user_day_so_window_length_does_not_matter(store, tmp_path):
-    (tmp_path / "users.csv").write_text("user_id,age,gender,occupation\n1,15,F,student\n2,70,M,retired\n3,30,F,writer\n")
-    (tmp_path / "movies.csv").write_text("movie_id,title,year,genres\na+2001,A,2001,Drama|Horror\nb+2002,B,2002,Comedy\n")
+    (tmp_path / "users.csv").write_text("user_id,age,gender,occupation\n"
+                                        "1,15,F,student\n2,70,M,retired\n3,30,F,writer\n")
+    (tmp_path / "movies.csv").write_text("movie_id,title,year,genres\n"
+                                         "a+2001,A,2001,Drama|Horror\nb+2002,B,2002,Comedy\n")
     (tmp_path / "e.log").write_text(HAND_LOG)
     ingest(store, [str(tmp_path / f) for f in ("users.csv", "movies.csv", "e.log")])
-    src = drift.SignalSource(store, cfg())
-    a, b = pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-03")
-    assert sorted(drift._minutes(src, a, b).tolist()) == [1.0, 1.0, 3.0]  # user 1 watched a on two days
-    assert sorted(drift._ratings_per_user(src, a, b).tolist()) == [1.0, 2.0]  # user 2: two on day 1, one on day 2
-    assert drift._rating(src, a, b).to_dict() == {"3": 1, "4": 1, "5": 1}
-    assert drift._status(src, a, b).to_dict() == {"0": 1, "200": 1}
-    assert drift._genre(src, a, b).to_dict() == {"Comedy": 1, "Drama": 2, "Horror": 2}
-    assert drift._age_group(src, a, b).to_dict() == {"teen": 2, "senior": 2, "young_adult": 1}  # user-days
-    latency = drift._latency(src, a, b)
-    assert latency.values.tolist() == [[120.0, 1.0]]
-    src.tiers = drift.popularity_tiers(pd.Series({"a+2001": 5, "b+2002": 3, "x+1999": 2}))
-    assert src.tiers.to_dict() == {"a+2001": "head", "b+2002": "middle", "x+1999": "tail"}
-    assert drift._recommended_popularity(src, a, b).to_dict() == {"head": 1, "new": 1}
+    for name, src in sources(store, "2024-01-01", "2024-01-03").items():
+        basis = drift.Basis(cfg(), src)
+
+        def build(signal):
+            return drift.SIGNALS[signal].build(src, basis)
+
+        assert sorted(build("minutes_per_session").tolist()) == [1.0, 1.0, 3.0], name  # user 1 watched a on two days
+        assert sorted(build("ratings_per_user").tolist()) == [1.0, 2.0], name  # user 2: two on day 1, one on day 2
+        assert build("rating").to_dict() == {"3": 1, "4": 1, "5": 1}, name
+        assert build("status").to_dict() == {"0": 1, "200": 1}, name
+        assert build("genre").to_dict() == {"Comedy": 1, "Drama": 2, "Horror": 2}, name
+        assert build("age_group").to_dict() == {"teen": 2, "senior": 2, "young_adult": 1}, name  # user-days
+        assert build("latency").values.tolist() == [[120.0, 1.0]], name
+        basis.tiers = drift.popularity_tiers(pd.Series({"a+2001": 5, "b+2002": 3, "x+1999": 2}))
+        assert basis.tiers.to_dict() == {"a+2001": "head", "b+2002": "middle", "x+1999": "tail"}
+        assert build("recommended_popularity").to_dict() == {"head": 1, "new": 1}, name
+
+
+def test_popularity_tiers_of_movies_watched_equally_often_do_not_depend_on_their_order():
+    watchers = pd.Series({"c": 4, "a": 4, "b": 4, "d": 1})
+    assert drift.popularity_tiers(watchers).equals(drift.popularity_tiers(watchers.iloc[::-1]))
 
 
 @pytest.mark.parametrize("since, until", [("2024-01-02", "2024-01-04"),  # whole hours: the rollup
                                           ("2024-01-02T05:30", "2024-01-03T17:45")])  # the watches themselves
-def test_sessions_and_active_users_match_the_stored_watches_rollup_or_not(store, small_world, since, until):
+def test_sessions_and_active_users_from_the_database_match_those_of_the_frames_rollup_or_not(store, small_world,
+                                                                                               since, until):
     ingest(store, [str(small_world)])
-    a, b = pd.Timestamp(since), pd.Timestamp(until)
-    w = store.read("watches", a, b)
-    w["day"] = w["time"].to_numpy(dtype="datetime64[D]").astype(np.int64)
-    expected = w.groupby(["user_id", "day", "movie_id"], observed=True).size().rename("minutes").reset_index()
-    got = store.watch_sessions(a, b)
+    got = sources(store, since, until)
     key = ["user_id", "day", "movie_id"]
-    pd.testing.assert_frame_equal(got.astype({"movie_id": str}).sort_values(key).reset_index(drop=True),
-                                  expected.astype({"movie_id": str}).sort_values(key).reset_index(drop=True),
-                                  check_dtype=False)
-    active = set(map(tuple, store.active_user_days(a, b)[["user_id", "day"]].to_numpy()))
-    frames = [w[["user_id", "day"]]]
-    for name in ("ratings", "recommendations"):
-        f = store.read(name, a, b)
-        frames.append(pd.DataFrame({"user_id": f["user_id"], "day": f["time"].to_numpy(dtype="datetime64[D]").astype(np.int64)}))
-    assert active == set(map(tuple, pd.concat(frames).drop_duplicates().to_numpy()))
+    s, f = (got[name].sessions.astype({"movie_id": str}).sort_values(key, ignore_index=True)
+            for name in ("store", "frames"))
+    assert len(s) > 50
+    pd.testing.assert_frame_equal(s, f, check_dtype=False)
+    a, f = (got[name].active.sort_values(["user_id", "day"], ignore_index=True) for name in ("store", "frames"))
+    assert len(a) > 50
+    pd.testing.assert_frame_equal(a, f, check_dtype=False)
 
 
 def test_an_empty_or_tiny_window_gives_insufficient_data_not_a_crash_or_an_alarm(store, tmp_path):
@@ -255,4 +272,76 @@ def test_the_evidently_report_is_saved_beside_the_run_and_framed_in_its_page(sim
     assert '<iframe class="report" sandbox="allow-scripts" src="drift.html"' in page  # shown, sandboxed
     assert 'href="drift.json"' in page
     metrics = run["audits"]["drift"]["metrics"]
-    assert {"drift.share_drifted", "drift.dataset_drift", "drift.age_group.score", "drift.age_group.drifted"} <= set(metrics)
+    assert {"drift.share_drifted", "drift.dataset_drift", "drift.age_group.score",
+            "drift.age_group.drifted"} <= set(metrics)
+
+
+# -- drift on frames: the same computation as the stored audit ----------------------------------
+
+@pytest.fixture(scope="module")
+def parsed_world(tmp_path_factory):
+    """Four simulated days with the drift fault from day 3, parsed, with its users and movies,
+    and a model trained on the first two days (for the predicted-score signal)."""
+    path = tmp_path_factory.mktemp("frames")
+    simulate(path, Config(users=1500, movies=150, days=4, seed=3, inject=("drift",)))
+    parsed = parse_file(path / "events.log")
+    model = recommender.train(recommender.split(parsed.ratings, "2024-01-03"), factors=8, epochs=5)
+    return {"path": path, "events": parsed, "users": formats.read_users_csv(path / "users.csv")[0],
+            "movies": formats.read_movies_csv(path / "movies.csv")[0], "model": model}
+
+
+def window_of(events, since, until) -> dict:
+    """The events of [since, until) as frames; items stay whole (they count with their request)."""
+    def within(f):
+        return f[(f["time"] >= pd.Timestamp(since)) & (f["time"] < pd.Timestamp(until))]
+
+    return {"watches": within(events.watches), "ratings": within(events.ratings),
+            "recommendations": within(events.recommendations), "items": events.items}
+
+
+@pytest.mark.parametrize("reference, current, settings", [
+    (("2024-01-01", "2024-01-03"), ("2024-01-03", "2024-01-04"), {}),  # whole hours: the rollups
+    (("2024-01-01T05:30", "2024-01-02T20:15:30"), ("2024-01-03T02:10", "2024-01-04T17:45"),
+     {"max_sample": 300, "seed": 4}),  # the events themselves, sampled
+], ids=["whole-hours", "not-whole-hours-sampled"])
+def test_drift_on_frames_gives_the_stored_audits_metrics_and_findings(store, parsed_world, tmp_path,
+                                                                       reference, current, settings):
+    from recaudit.scheduler.jobs import save_model
+
+    ingest(store, [str(parsed_world["path"])])
+    save_model(store, parsed_world["model"], tmp_path / "models")
+    config = {"drift": {"report": False, "min_sample": 50, **settings}}  # small windows, every signal judged
+    stored = audit(store, tmp_path, configuration.resolve(config), since=pd.Timestamp(current[0]),
+                   until=pd.Timestamp(current[1]), reference=tuple(map(pd.Timestamp, reference)))
+    events = parsed_world["events"]
+    framed = drift.drift(window_of(events, *reference), window_of(events, *current), parsed_world["users"],
+                         parsed_world["movies"], config, model=parsed_world["model"])
+    assert stored.status == framed.status == "findings"
+    assert set(framed.metrics) == set(stored.metrics)
+    assert {f"drift.{name}.score" for name in drift.SIGNALS} <= set(stored.metrics)  # every signal judged
+    assert stored.metrics["drift.dataset_drift"] == 1
+    for key, value in stored.metrics.items():
+        assert framed.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+    assert [(f.key, f.severity, f.message) for f in framed.findings] == \
+        [(f.key, f.severity, f.message) for f in stored.findings]
+    assert [s["status"] for s in framed.details["signals"]] == [s["status"] for s in stored.details["signals"]]
+
+
+def test_a_partial_configuration_is_merged_over_the_defaults_and_an_unknown_key_is_refused():
+    merged = configuration.resolve({"drift": {"seed": 1, "signals": {"sex": {"threshold": 0.5}}},
+                                  "groups": {"age": {"all": [0, 200]}}})
+    defaults = configuration.load()
+    assert merged["drift"]["seed"] == 1 and merged["drift"]["max_sample"] == defaults["drift"]["max_sample"]
+    assert merged["drift"]["signals"]["sex"] == {**defaults["drift"]["signals"]["sex"], "threshold": 0.5}
+    assert merged["groups"]["age"] == {"all": [0, 200]}  # an open table is replaced whole
+    with pytest.raises(formats.InputError, match="drift.sead"):
+        configuration.resolve({"drift": {"sead": 1}})
+
+
+def test_drift_on_frames_writes_evidently_s_report_only_into_an_out_dir(parsed_world, tmp_path):
+    events = parsed_world["events"]
+    reference, current = window_of(events, "2024-01-01", "2024-01-03"), window_of(events, "2024-01-03", "2024-01-04")
+    assert "artifacts" not in drift.drift(reference, current).details
+    result = drift.drift(reference, current, out_dir=tmp_path)
+    assert result.details["artifacts"] == {"html": "drift.html", "json": "drift.json"}
+    assert json.loads((tmp_path / "drift.json").read_text())["metrics"]

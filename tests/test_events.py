@@ -12,11 +12,15 @@ from hypothesis import strategies as st
 
 from recaudit.recsys import events as ev
 
-FORMAT_EXAMPLES = b"""2024-02-27T18:45:18,156972,GET /data/m/batman+begins+2005/91.mpg
-2022-02-25T13:38:49,284508,GET /rate/audition+1999=3
-2023-03-20T08:12:38.176557,128017,recommendation request 17645-team14.example.org:8082, status 200, result: the+green+mile+1999, the+sound+of+music+1965, 131 ms
-2022-02-09T01:45:32.945123,284507,recommendation request 17645-team17.example.org:8082, status 0, result: java.util.concurrent.TimeoutException: Request timeout to 17645-team17.example.org/10.0.0.1:8082 after 800 ms, 815 ms
-"""
+FORMAT_EXAMPLES = (
+    b"2024-02-27T18:45:18,156972,GET /data/m/batman+begins+2005/91.mpg\n"
+    b"2022-02-25T13:38:49,284508,GET /rate/audition+1999=3\n"
+    b"2023-03-20T08:12:38.176557,128017,recommendation request 17645-team14.example.org:8082, status 200, "
+    b"result: the+green+mile+1999, the+sound+of+music+1965, 131 ms\n"
+    b"2022-02-09T01:45:32.945123,284507,recommendation request 17645-team17.example.org:8082, status 0, "
+    b"result: java.util.concurrent.TimeoutException: Request timeout to 17645-team17.example.org/10.0.0.1:8082 "
+    b"after 800 ms, 815 ms\n"
+)
 
 
 def outcomes(parsed: ev.ParsedEvents) -> dict[int, tuple]:
@@ -143,7 +147,8 @@ def test_failed_request_is_a_recommendation_without_items_whose_error_keeps_colo
     (b"2024-02-27T18:45:18,15x972,GET /data/m/batman+begins+2005/91.mpg", "bad user id"),
     (b"2024-02-27T18:45:18,-1,GET /data/m/batman+begins+2005/91.mpg", "bad user id"),
     (b"2024-02-27T18:45:18,156972,POST /login", "unknown request"),
-    (b"2024-02-27T18:45:18,1,recommendation request , status 200, result: a+2001, 5 ms", "malformed recommendation line"),
+    (b"2024-02-27T18:45:18,1,recommendation request , status 200, result: a+2001, 5 ms",
+     "malformed recommendation line"),
     ("２０２４-０１-０１T００:００:００,１２３,GET /data/m/a+2001/1.mpg".encode(), "bad timestamp"),
     ("2024-01-01T00:00:00,١٢٣,GET /data/m/a+2001/1.mpg".encode(), "bad user id"),
     (b"2024-02-27T18:45:18,1,recommendation request s:8082, status 200, 131 ms", "missing result:"),
@@ -161,7 +166,8 @@ def test_malformed_lines_are_quarantined_with_a_specific_reason_and_their_raw_te
 
 
 def test_blank_lines_are_neither_counted_nor_stored_but_keep_line_numbers():
-    data = b"\n  \n" + FORMAT_EXAMPLES.splitlines(keepends=True)[0] + b"\t\r\n\n" + FORMAT_EXAMPLES.splitlines(keepends=True)[1]
+    first, second = FORMAT_EXAMPLES.splitlines(keepends=True)[:2]
+    data = b"\n  \n" + first + b"\t\r\n\n" + second
     p = parse(data)
     assert p.lines == 2
     assert p.watches.line.tolist() == [3] and p.ratings.line.tolist() == [6]
@@ -190,7 +196,8 @@ def test_canonical_lines_of_every_kind_never_reach_the_reference_parser(monkeypa
     lines += [f"{t},5,GET /rate/monsters_+inc.+2001={r}" for t in stamps for r in "12345"]
     lines += [f"{t},5,recommendation request s.example.org:8082, status 200, result: "
               f"{', '.join(f'm+{i}+2000' for i in range(20))}, {lat} ms" for t in stamps for lat in (0, 131, 123456789)]
-    lines += [f"{t},5,recommendation request s:8082, status 0, result: Timeout: x, after 800 ms, 815 ms" for t in stamps]
+    lines += [f"{t},5,recommendation request s:8082, status 0, result: Timeout: x, after 800 ms, 815 ms"
+              for t in stamps]
     p = parse(("\n".join(lines) + "\n").encode())
     assert p.lines == len(lines) and p.rejects.empty
 
@@ -198,7 +205,8 @@ def test_canonical_lines_of_every_kind_never_reach_the_reference_parser(monkeypa
 def test_chunked_reading_gives_the_same_frames_as_one_piece():
     data = FORMAT_EXAMPLES * 50 + b"bad line\n" + b"2024-01-01T00:00:00,1,GET /rate/x+2001=4"  # no final newline
     whole = parse(data)
-    pieces = ev.ParsedEvents.concat([ev.parse_bytes(c, "test.log", f) for c, f in ev.iter_chunks(io.BytesIO(data), 300)])
+    pieces = ev.ParsedEvents.concat([ev.parse_bytes(c, "test.log", f)
+                                     for c, f in ev.iter_chunks(io.BytesIO(data), 300)])
     assert outcomes(pieces) == outcomes(whole)
     assert pieces.lines == whole.lines == 202
 
@@ -220,8 +228,8 @@ _watch = st.builds(lambda t, u, m, n: f"{t},{u},GET /data/m/{m}/{n}.mpg", _stamp
 _rate = st.builds(lambda t, u, m, r: f"{t},{u},GET /rate/{m}={r}", _stamp, _user, _slug, st.sampled_from("123456"))
 _rec = st.builds(
     lambda t, u, s, items, lat: f"{t},{u},recommendation request {s}, status 200, result: {', '.join(items)}, {lat} ms",
-    _stamp, _user, st.sampled_from(["a.example.org:8082", "s1", "", "a b", "x,y"]), st.lists(_slug, min_size=1, max_size=25),
-    st.integers(0, 10**5))
+    _stamp, _user, st.sampled_from(["a.example.org:8082", "s1", "", "a b", "x,y"]),
+    st.lists(_slug, min_size=1, max_size=25), st.integers(0, 10**5))
 _failed = st.builds(
     lambda t, u, code, err, lat: f"{t},{u},recommendation request srv:1, status {code}, result: {err}, {lat} ms",
     _stamp, _user, st.sampled_from([0, 404, 500]), st.text(alphabet="abc :,ms0.", max_size=40), st.integers(0, 999))

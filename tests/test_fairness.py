@@ -14,10 +14,10 @@ from recaudit.audits import fairness
 from recaudit.audits.fairness import GroupMetrics
 from recaudit.audits.ingest import ingest
 from recaudit.audits.online import follow_ups
-from conftest import run_cli, seeded_services
 from recaudit.recsys import events, formats
 from recaudit.recsys import recommender as rc
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli, seeded_services
 
 SEEDS = range(10)
 
@@ -107,8 +107,9 @@ def test_groups_below_the_minimum_are_reported_as_insufficient_not_dropped():
     evaluated = pd.DataFrame({
         "user_id": np.arange(250), "rating": 3.0, "prediction": 3.5, "cold_start": False,
         "sex": ["F"] * 120 + ["M"] * 120 + ["unknown"] * 10,
-        "age": ["teen"] * 5 + ["senior"] * 245, "occupation": "writer"})
-    metrics, findings, rows = fairness.assess(evaluated, settings(resamples=20), configuration.DEFAULTS["groups"]["age"])
+        "age_group": ["teen"] * 5 + ["senior"] * 245, "occupation": "writer"})
+    metrics, findings, rows = fairness.assess(evaluated, settings(resamples=20),
+                                              configuration.DEFAULTS["groups"]["age"])
     by = {(r["dimension"], r["group"]): r for r in rows}
     assert by[("sex", "unknown")]["sufficient"] is False and by[("sex", "unknown")]["n"] == 10
     assert metrics["fairness.n.sex.unknown"] == 10 and metrics["fairness.rmse.sex.unknown"] is None
@@ -150,6 +151,25 @@ def test_cold_starts_are_predicted_as_served_counted_and_shown_apart(model_and_d
     warm = evaluated[~evaluated.cold_start]
     assert metrics["fairness.rmse_warm"] == pytest.approx(np.sqrt(np.mean((warm.prediction - warm.rating) ** 2)))
     assert metrics["fairness.rmse_warm.sex.unknown"] is None and metrics["fairness.rmse.sex.unknown"] is not None
+
+
+def test_the_python_api_gives_the_audits_numbers_and_findings_for_the_same_ratings(model_and_data):
+    import recaudit
+
+    model, data, users = model_and_data
+    evaluated = fairness.evaluate(model, data.test, users, configuration.DEFAULTS["groups"]["age"])
+    small = {"resamples": 20, "min_group_size": 30, "min_group_users": 5}
+    metrics, findings, _rows = fairness.assess(evaluated, settings(**small), configuration.DEFAULTS["groups"]["age"])
+    result = recaudit.fairness(evaluated, config={"fairness": small})  # its columns: sex, age_group, occupation
+
+    def named_by_column(key):  # the audit names the configured dimension, "age"; the function its column
+        parts = key.split(".")
+        return ".".join(parts[:2] + ["age_group" if parts[2] == "age" else parts[2]] + parts[3:]) \
+            if len(parts) > 2 else key
+
+    assert result.metrics == pytest.approx({named_by_column(k): v for k, v in metrics.items()}, nan_ok=True)
+    assert [f.message for f in result.findings] == [f.message for f in findings]
+    assert any("age group" in f.message for f in findings)
 
 
 # -- online success --------------------------------------------------------------------------
@@ -254,7 +274,8 @@ def write_movielens_1m(world, out):
     (out / "users.dat").write_text("".join(f"{u}::{g}::{a}::{jobs[o] % 21}::00000\n" for u, g, a, o in
                                            zip(users.user_id, users.gender, age, users.occupation)), encoding="latin-1")
     (out / "movies.dat").write_text("".join(f"{ids[m]}::{t} ({y})::{g}\n" for m, t, y, g in
-                                            zip(movies.movie_id, movies.title, movies.year.fillna(1990), movies.genres)),
+                                            zip(movies.movie_id, movies.title, movies.year.fillna(1990),
+                                                movies.genres)),
                                     encoding="latin-1")
     seconds = ratings.time.astype("int64") // 10**9
     (out / "ratings.dat").write_text("".join(f"{u}::{ids[str(m)]}::{r}::{s}\n" for u, m, r, s in
@@ -283,7 +304,7 @@ def test_the_audit_runs_on_movielens_data(recaudit_bin, tmp_path):
 
 def test_unknown_fairness_dimension_in_the_config_is_an_input_error(tmp_path):
     (tmp_path / "recaudit.toml").write_text('[fairness]\ndimensions = ["sex", "income"]\n')
-    with pytest.raises(formats.InputError, match="unknown dimension 'income'"):
+    with pytest.raises(formats.InputError, match="fairness.dimensions.*'income'"):
         configuration.load(tmp_path / "recaudit.toml")
 
 

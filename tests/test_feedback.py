@@ -13,8 +13,8 @@ from recaudit.audits import config as configuration
 from recaudit.audits import feedback
 from recaudit.audits import run as runs
 from recaudit.audits.ingest import ingest
-from conftest import run_cli, seeded_services
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli, seeded_services
 
 SEEDS = range(10)
 
@@ -101,7 +101,8 @@ def daily_runs(store, days, out, config=None):
     results = []
     for day in days:
         since = pd.Timestamp("2024-01-01") + pd.Timedelta(days=day)
-        results.append(runs.run(store, since, since + pd.Timedelta(days=1), config, ["feedback"], out).results["feedback"])
+        outcome = runs.run(store, since, since + pd.Timedelta(days=1), config, ["feedback"], out)
+        results.append(outcome.results["feedback"])
     return results
 
 
@@ -170,3 +171,47 @@ def test_a_window_without_recommendations_is_insufficient_data(store, tmp_path):
     ingest(store, [str(tmp_path / "e.log")])
     result = runs.run(store, "2024-01-01", "2024-01-02", configuration.load(), ["feedback"], tmp_path)
     assert result.results["feedback"].status == "insufficient_data"
+
+
+# -- over frames ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Three simulated days, and the frames a notebook would read from the same files."""
+    from recaudit.recsys import events, formats
+
+    out = tmp_path_factory.mktemp("frames")
+    simulate(out, Config(users=300, movies=100, days=3, seed=4))
+    log = events.parse_file(out / "events.log")
+    return out, {"recommendations": log.recommendations, "items": log.items, "ratings": log.ratings,
+                 "watches": log.watches, "users": formats.read_users_csv(out / "users.csv")[0],
+                 "movies": formats.read_movies_csv(out / "movies.csv")[0]}
+
+
+@pytest.mark.parametrize("since, until", [("2024-01-02", "2024-01-03"), ("2024-01-01 07:30", "2024-01-02 19:10")])
+def test_feedback_over_frames_equals_the_audit_over_the_same_data_in_the_store(store, world, tmp_path, since, until):
+    out, frames = world
+    ingest(store, [str(out)])
+    config = configuration.load()
+    config["feedback"]["correlation_window"] = "1d"  # the lagged correlation reads the day before
+    stored = runs.run(store, since, until, config, ["feedback"], tmp_path).results["feedback"]
+    framed = feedback.feedback(**frames, since=since, until=until, config={"feedback": {"correlation_window": "1d"}})
+    assert stored.status == framed.status == "ok"
+    assert framed.metrics.keys() == stored.metrics.keys()
+    for key, value in stored.metrics.items():
+        assert framed.metrics[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+    assert [f.to_dict() for f in framed.findings] == [f.to_dict() for f in stored.findings]
+
+
+def test_feedback_over_frames_fits_the_trend_over_the_history_it_is_given(world):
+    _, frames = world
+    days = [pd.Timestamp("2024-01-01") + pd.Timedelta(days=d) for d in range(3)]
+    config = {"feedback": {"min_runs": 2}}
+    earlier = feedback.feedback(**frames, since=days[0], until=days[1], config=config)
+    alone = feedback.feedback(**frames, since=days[1], until=days[2], config=config)
+    assert alone.metrics["feedback.trend_runs"] == 1 and alone.metrics["feedback.gini_slope"] is None
+    assert alone.details["trend_note"].startswith("too few runs") and not alone.findings
+    later = feedback.feedback(**frames, since=days[1], until=days[2], history=[earlier.metrics], config=config)
+    assert later.metrics["feedback.trend_runs"] == 2 and "trend_note" not in later.details
+    assert later.metrics["feedback.gini_slope"] == pytest.approx(
+        later.metrics["feedback.gini"] - earlier.metrics["feedback.gini"])

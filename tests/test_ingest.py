@@ -10,12 +10,14 @@ import time
 
 import pandas as pd
 import pytest
+from sqlalchemy import text
 
+from recaudit.audits import activity
 from recaudit.audits import store as st
 from recaudit.audits.ingest import ingest
-from conftest import run_cli
 from recaudit.recsys import events as ev
 from recaudit.recsys.formats import InputError
+from support import run_cli
 
 
 def parsed_log(world) -> ev.ParsedEvents:
@@ -116,8 +118,9 @@ def test_a_half_written_last_line_is_read_again_whole_when_the_log_grows(store, 
     assert store.read("watches")[["line", "minute"]].values.tolist() == [[1, 0], [2, 12]]
     assert store.read("ratings").line.tolist() == [3]
     assert store.count("quarantine") == 0
-    assert store.watch_sessions(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-02")).minutes.tolist() == [2]
-    spans = store._frame("SELECT first_at, last_at FROM watch_spans")
+    assert activity.watch_sessions(store, pd.Timestamp("2024-01-01"),
+                                   pd.Timestamp("2024-01-02")).minutes.tolist() == [2]
+    spans = store.frame(text("SELECT first_at, last_at FROM watch_spans"))
     assert (spans.first_at.tolist(), spans.last_at.tolist()) == ([pd.Timestamp("2024-01-01 00:00:00")],
                                                                  [pd.Timestamp("2024-01-01 00:00:01")])
 
@@ -217,7 +220,8 @@ def test_bad_rows_of_users_and_movies_files_are_quarantined_with_their_line(stor
     movies.write_text('movie_id,title,year,genres\na+2001,"A, the",2001,Drama\n,B,2002,Drama\nc+,C,,Comedy\n')
     summary = ingest(store, [str(users), str(movies)]).to_dict()
     assert summary["stored"]["users"] == 1 and summary["stored"]["movies"] == 2
-    assert summary["lines"] == 5 + 3 == summary["stored"]["users"] + summary["stored"]["movies"] + summary["quarantined"]
+    assert (summary["lines"] == 5 + 3
+            == summary["stored"]["users"] + summary["stored"]["movies"] + summary["quarantined"])
     q = store.read("quarantine")
     assert q[["line", "reason"]].values.tolist() == [
         [3, "user_id not a non-negative integer"], [4, "age not an integer"],
@@ -269,7 +273,8 @@ def test_cli_ingest_json_reports_counts_and_stdin_is_read_in_batches(recaudit_bi
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["lines"] == parsed_log(small_world).lines
-    assert summary["lines"] == sum(summary["stored"][k] for k in ("watch", "rate", "recommend")) + summary["quarantined"]
+    assert summary["lines"] == (sum(summary["stored"][k] for k in ("watch", "rate", "recommend"))
+                                + summary["quarantined"])
     again = json.loads(run_cli(recaudit_bin, "ingest", "--db", str(db), "--json", "-", input=data).stdout)
     assert again["lines"] == 0 and again["skipped_sources"] >= 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from recaudit.audits import store as st
 from recaudit.audits.ingest import ingest
@@ -41,9 +41,9 @@ def per_source_counts_add_up(store: st.Store) -> None:
         stored = json.loads(s["stored"])
         assert s["lines"] == sum(stored.get(k, 0) for k in tables) + s["quarantined"], dict(s)
         for kind, table in tables.items():
-            rows = store._frame(f"SELECT count(*) AS n FROM {table} WHERE source_id = {s['id']}").n.iloc[0]
+            rows = store.frame(text(f"SELECT count(*) AS n FROM {table} WHERE source_id = {s['id']}")).n.iloc[0]
             assert rows == stored.get(kind, 0), (kind, dict(s))
-        rows = store._frame(f"SELECT count(*) AS n FROM quarantine WHERE source_id = {s['id']}").n.iloc[0]
+        rows = store.frame(text(f"SELECT count(*) AS n FROM quarantine WHERE source_id = {s['id']}")).n.iloc[0]
         assert rows == s["quarantined"], dict(s)
 
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import ast
 import hashlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from recaudit.recsys import events, formats, movielens
+from recaudit.recsys import detect, events, formats, movielens
 from recaudit.recsys.formats import InputError
 
 FLAGS = {name: i for i, name in enumerate(movielens.GENRES_100K)}
@@ -94,7 +95,7 @@ def ml1m(tmp_path: Path) -> Path:
 def test_detect_version_recognises_each_format_by_its_three_files(ml100k, ml1m):
     assert movielens.detect_version(ml100k) == "100k"
     assert movielens.detect_version(ml1m) == "1m"
-    assert formats.detect(ml1m) == "movielens"
+    assert detect.kind(ml1m) == "movielens"
 
 
 def test_detect_version_is_none_for_a_directory_missing_a_file(tmp_path):
@@ -264,3 +265,72 @@ def test_ratings_line_numbers_run_on_across_read_chunks(ml100k, monkeypatch):
     users = [int(line.split("\t")[0]) for n, line in enumerate(lines) if n != 50]
     assert ml.ratings["user_id"].tolist() == users
     assert ml.rejects.loc[ml.rejects["source"].str.endswith("u.data"), "line"].tolist() == [51]
+
+
+# -- the package's import graph ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("audits", "recsys", "reports", "scheduler")  # installed as recaudit.<folder>
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the package by its import name, packages by their own name."""
+    modules = {}
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = ("recaudit", folder, *path.relative_to(ROOT / folder).with_suffix("").parts)
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that `name` imports anywhere in it, in a function body too: a
+    function-level import only postpones a cycle to the first call, it does not cut it."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            # `from pkg import mod` imports the module `pkg.mod`; `from mod import name`, `mod`.
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                      for alias in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per back edge of a depth-first search: empty exactly when the graph has none."""
+    found, done, stack = [], set(), []
+
+    def visit(node: str) -> None:
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        if node not in done:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_names_a_cycle_and_passes_a_layered_graph():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_module_of_the_package_imports_itself_through_others_even_inside_a_function():
+    modules = package_modules()
+    assert "recaudit.recsys.detect" in modules and "recaudit.audits.ingest" in modules
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    assert "recaudit.recsys.movielens" in graph["recaudit.recsys.detect"]
+    found = cycles(graph)
+    assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)

@@ -13,8 +13,8 @@ from recaudit.audits import config as configuration
 from recaudit.audits import online
 from recaudit.audits import run as runs
 from recaudit.audits.ingest import ingest
-from conftest import run_cli
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli
 
 MOVIES = [f"m{i}+2001" for i in range(20)]
 
@@ -154,7 +154,7 @@ def test_watch_spans_give_the_same_follow_ups_as_every_watch(store, tmp_path, ho
     since, until = pd.Timestamp("2024-01-01 05:00"), pd.Timestamp("2024-01-02 03:00")
     recs, items = store.read("recommendations", since, until), store.read("items", since, until)
     every = store.read("watches", since, until + pd.Timedelta(horizon))
-    followed = store.followed_items(since, until, pd.Timedelta(horizon))
+    followed = online.followed_items(store, since, until, pd.Timedelta(horizon))
     assert len(followed) < len(items) / 2  # only movies the user watched come back
     exact = online.follow_ups(recs, items, every, horizon)
     pd.testing.assert_frame_equal(exact, online.follow_ups_from_spans(recs, followed, horizon))
@@ -169,3 +169,45 @@ def test_a_horizon_shorter_than_a_span_reads_every_watch(store, tmp_path):
     ingest(store, [str(tmp_path / "e.log")])
     out = online.followed_requests(store, pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-02"), "5min")
     assert out.success.tolist() == [True, False]
+
+
+# -- over frames ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two simulated days with two servers, and the frames a notebook would parse from its log."""
+    from recaudit.recsys import events
+
+    out = tmp_path_factory.mktemp("frames")
+    simulate(out, Config(users=300, movies=100, days=2, seed=6))
+    log = events.parse_file(out / "events.log")
+    return out, {"recommendations": log.recommendations, "items": log.items, "watches": log.watches}
+
+
+@pytest.mark.parametrize("since, until, horizon", [("2024-01-01", "2024-01-02", "15min"),
+                                                   ("2024-01-01 03:20", "2024-01-01 21:50", "40min"),
+                                                   ("2024-01-01", "2024-01-02", "5min")])
+def test_online_over_frames_equals_the_audit_over_the_same_data_in_the_store(store, world, tmp_path, since, until,
+                                                                            horizon):
+    out, frames = world
+    ingest(store, [str(out)])
+    config = configuration.load()
+    config["online"]["success_horizon"] = horizon
+    stored = runs.run(store, since, until, config, ["online"], tmp_path).results["online"]
+    framed = online.online(**frames, since=since, until=until, config={"online": {"success_horizon": horizon}})
+    assert stored.status == framed.status and stored.status in ("ok", "findings")
+    assert framed.metrics.keys() == stored.metrics.keys()
+    for key, value in stored.metrics.items():
+        assert framed.metrics[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+    assert [f.to_dict() for f in framed.findings] == [f.to_dict() for f in stored.findings]
+    assert framed.details == stored.details
+
+
+def test_online_over_frames_waits_for_the_horizon_of_the_requests_the_frames_end_within(world):
+    _, frames = world
+    recs = frames["recommendations"]
+    latest = recs["time"].max()  # the log ends with a request: the last quarter hour's are not judged yet
+    watches = frames["watches"][frames["watches"]["time"] <= latest]
+    result = online.online(recs, frames["items"], watches)
+    waiting = (recs["time"] + pd.Timedelta("15min") > latest) & (recs["status"] == 200) & (recs["n_items"] > 0)
+    assert result.details["awaiting_follow_up"] == int(waiting.sum()) > 0

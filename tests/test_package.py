@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from recaudit.audits import validation
+from support import HEAVY
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("pandas", "numpy", "scipy", "sqlalchemy", "evidently", "great_expectations", "surprise", "pyspark")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_suites_and_templates_load_from_the_installed_wheel(installed, tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"recaudit/expectations/{d}.json" for d in validation.DATASETS} <= names
     assert "recaudit/reports/templates/run.html.j2" in names
+    assert {"recaudit/audits/migrations/env.py", "recaudit/audits/migrations/versions/0001_baseline.py"} <= names
     # The dependencies come from this environment; recaudit itself only from the fresh one.
     env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
     code = ("import recaudit.audits.validation as v, jinja2, recaudit.reports.html as h; print(v.suite_dir()); "

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from recaudit.audits.store import Store
-from conftest import ARTIFACTS, run_cli
 from recaudit.recsys.simulate import Config, simulate
+from support import ARTIFACTS, run_cli
 
 JS = "window.__pwned=1;alert(1)"
 # Anywhere text is free (CSV fields, error texts): one of each way out of a context.

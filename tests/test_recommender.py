@@ -3,21 +3,18 @@ surprise's, seen movies never recommended, cold start, artifacts, and the HTTP s
 
 import json
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from recaudit.audits.ingest import ingest
-from conftest import run_cli
 from recaudit.recsys import events as ev
 from recaudit.recsys import recommender as rc
 from recaudit.recsys.simulate import Config, simulate
+from support import free_port, get, run_cli
 
 DENSE = dict(users=600, movies=150, days=21, active_share=0.8)  # enough ratings per user to learn from
 
@@ -218,23 +215,10 @@ def test_cli_compare_prints_a_table_and_saves_it(trained_db, recaudit_bin):
 
 def test_cli_without_ratings_or_model_explains_in_one_line(tmp_path, recaudit_bin):
     db = str(tmp_path / "empty.db")
-    for args, message in ((["train", "--db", db], "no ratings"), (["recommend", "--db", db, "1"], "no model trained yet")):
+    for args, message in ((["train", "--db", db], "no ratings"),
+                          (["recommend", "--db", db, "1"], "no model trained yet")):
         done = run_cli(recaudit_bin, *args, cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr.decode() and "Traceback" not in done.stderr.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.headers.get("content-type"), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("content-type"), e.read().decode()
 
 
 @pytest.fixture

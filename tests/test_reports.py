@@ -7,8 +7,8 @@ import threading
 import pandas as pd
 import pytest
 
-from conftest import ARTIFACTS, open_page, run_cli
 from recaudit.recsys.simulate import Config, simulate
+from support import ARTIFACTS, open_page, run_cli
 
 HOSTILE = "<script>alert('owned')</script> & <b>bold</b>"
 RENDERS = 10  # every page and artifact rewritten this many times while a reader polls them

@@ -19,9 +19,9 @@ import pytest
 
 from recaudit.audits import config as configuration
 from recaudit.audits.ingest import ingest
-from conftest import open_page, run_cli
 from recaudit.recsys.simulate import Config, simulate
 from recaudit.scheduler import service, web
+from support import free_port, open_page, run_cli
 
 
 def only(*names, **when):
@@ -90,7 +90,8 @@ def test_once_runs_the_jobs_that_are_due_and_nothing_else(recaudit_bin, tmp_path
 
     store = Store(db)
     scheduler = service.build(store.url, config_path, configuration.load(config_path))
-    scheduler.get_job("alerts").modify(next_run_time=(pd.Timestamp.now("UTC") - pd.Timedelta(minutes=1)).to_pydatetime())
+    a_minute_ago = (pd.Timestamp.now("UTC") - pd.Timedelta(minutes=1)).to_pydatetime()
+    scheduler.get_job("alerts").modify(next_run_time=a_minute_ago)
     service.close(scheduler)
     third = run_cli(recaudit_bin, "schedule", "--once", "--db", db, "--config", config_path)
     assert third.stdout.decode().split() == ["alerts:", "ok"]
@@ -107,12 +108,6 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(recaudit_bin, tmp_pa
 
     runs = job_runs(Store(db))
     assert runs.status.tolist() == ["failed", "ok"] and "no such file" in runs.detail[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, tmp_path):
@@ -225,7 +220,7 @@ def test_a_bad_schedule_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="schedule.jobs.drift.when"):
         configuration.load(tmp_path / "recaudit.toml")
     (tmp_path / "recaudit.toml").write_text("[schedule]\nlease_seconds = 0\n")
-    with pytest.raises(InputError, match="schedule.lease_seconds must be positive"):
+    with pytest.raises(InputError, match="schedule.lease_seconds: must be positive"):
         configuration.load(tmp_path / "recaudit.toml")
 
 

@@ -8,15 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
 from recaudit.recsys import events as ev
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli
 
 SIZE = dict(users=1500, movies=300, days=6, seed=11)
 
 
 def digest(path) -> str:
-    return hashlib.sha256(b"".join((path / f).read_bytes() for f in ("users.csv", "movies.csv", "events.log"))).hexdigest()
+    data = b"".join((path / f).read_bytes() for f in ("users.csv", "movies.csv", "events.log"))
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")

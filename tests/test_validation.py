@@ -3,8 +3,6 @@ CI gate's exit codes and JUnit output; quarantine at ingestion; and the audit ru
 
 import json
 import socket
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pandas as pd
@@ -15,8 +13,8 @@ from recaudit.audits import registry, validation
 from recaudit.audits import run as runs
 from recaudit.audits.ingest import ingest
 from recaudit.audits.result import AuditResult
-from conftest import run_cli
 from recaudit.recsys.simulate import Config, simulate
+from support import run_cli
 
 T0 = pd.Timestamp("2024-01-01T10:00:00")
 SINCE, UNTIL = pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-02")
@@ -223,7 +221,8 @@ def test_gate_fails_corrupt_data_naming_the_expectations_and_writes_junit(recaud
     cases = root.findall(".//testcase")
     assert int(root.get("tests")) == len(cases) == len(result["expectations"])
     assert int(root.get("failures")) == len(root.findall(".//failure")) == len(failed)
-    assert int(root.get("skipped")) == len(root.findall(".//skipped")) == sum(e["success"] is None for e in result["expectations"])
+    assert (int(root.get("skipped")) == len(root.findall(".//skipped"))
+            == sum(e["success"] is None for e in result["expectations"]))
     names = {(c.get("classname"), c.get("name")) for c in cases if c.find("failure") is not None}
     assert ("recaudit.log", "lines_parse") in names
     message = next(c.find("failure").get("message") for c in cases if c.get("name") == "lines_parse")
@@ -256,7 +255,7 @@ def test_a_suite_edited_by_hand_is_what_runs(recaudit_bin, worlds, tmp_path):
 # -- quarantine at ingestion ------------------------------------------------------------------
 
 def test_ingest_validate_quarantines_failing_events_with_the_expectation_name(store, worlds):
-    summary = ingest(store, [str(worlds["corrupt"])], validate=configuration.load()).to_dict()
+    summary = ingest(store, [str(worlds["corrupt"])], check=validation.row_check(configuration.load())).to_dict()
     stored = summary["stored"]
     assert summary["lines"] == sum(stored.values()) + summary["quarantined"]
     reasons = store.read("quarantine").reason
@@ -270,7 +269,7 @@ def test_ingest_validate_quarantines_failing_events_with_the_expectation_name(st
 
 
 def test_events_quarantined_by_an_expectation_are_not_counted_as_malformed_lines(store, worlds, tmp_path):
-    ingest(store, [str(worlds["corrupt"])], validate=configuration.load())
+    ingest(store, [str(worlds["corrupt"])], check=validation.row_check(configuration.load()))
     run = runs.run(store, "2024-01-03", "2024-01-05", configuration.load(), ["validation"], tmp_path)
     audit = run.results["validation"]
     q = store.quarantine_of_window(pd.Timestamp("2024-01-03"), pd.Timestamp("2024-01-05"))
@@ -376,15 +375,15 @@ def test_config_file_overrides_defaults_and_rejects_unknown_settings(tmp_path):
     assert configuration.load(path)["validation"]["list_length"] == 10
     assert configuration.load(path)["audit"]["window"] == "1d"
     path.write_text("[validation]\nlist_lenght = 10\n")
-    with pytest.raises(Exception, match="unknown setting 'validation.list_lenght'"):
+    with pytest.raises(Exception, match="validation.list_lenght: unknown setting"):
         configuration.load(path)
 
 
 @pytest.mark.parametrize("body, message", [
-    ("[audit]\nwindow = 1\n", "audit.window must be a string"),
-    ('[audit]\nwindow = "soon"\n', "audit.window must be a positive duration"),
-    ('[drift]\nshare_threshold = "half"\n', "drift.share_threshold must be a number"),
-    ("[drift.signals.sex]\nenabled = 1\n", "drift.signals.sex.enabled must be true or false"),
+    ("[audit]\nwindow = 1\n", "audit.window: must be a string"),
+    ('[audit]\nwindow = "soon"\n', "audit.window: must be a positive duration"),
+    ('[drift]\nshare_threshold = "half"\n', "drift.share_threshold: must be a number"),
+    ("[drift.signals.sex]\nenabled = 1\n", "drift.signals.sex.enabled: must be true or false"),
 ])
 def test_a_setting_of_the_wrong_type_is_an_input_error(recaudit_bin, tmp_path, body, message):
     (tmp_path / "recaudit.toml").write_text(body)
@@ -398,3 +397,40 @@ def test_default_window_ends_with_the_latest_event(audited_store):
     assert until - since == pd.Timedelta(days=1) and since < latest < until
     assert runs.default_window(audited_store, "1d", since="2024-01-02") == (pd.Timestamp("2024-01-02"),
                                                                            pd.Timestamp("2024-01-03"))
+
+
+# -- over frames ------------------------------------------------------------------------------
+
+def test_validate_over_frames_gives_the_outcomes_of_the_cli_on_the_same_files(recaudit_bin, worlds):
+    from recaudit.recsys import events, formats
+
+    world = worlds["corrupt"]
+    done = run_cli(recaudit_bin, "validate", "--json", str(world))
+    assert done.returncode == 1
+    framed = validation.validate(events.parse_file(world / "events.log"),
+                                 formats.read_users_csv(world / "users.csv")[0],
+                                 formats.read_movies_csv(world / "movies.csv")[0])
+    fields = ("dataset", "name", "success", "unexpected_count", "element_count", "message", "skipped")
+    assert [{k: e[k] for k in fields} for e in framed.details["expectations"]] == \
+        [{k: e[k] for k in fields} for e in json.loads(done.stdout)["expectations"]]
+    assert framed.metrics["validation.failed"] == sum(e["success"] is False for e in framed.details["expectations"]) > 0
+
+
+def test_ingestion_and_validation_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+
+    import recaudit.audits.ingest as ingestion
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module or ""}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    assert not any("validation" in name for name in imported(ingestion))
+    assert not any("ingest" in name for name in imported(validation))

@@ -1,0 +1,187 @@
+"""Aggregates of stored activity that several audits read.
+
+Feedback and drift both compare what was recommended with what was watched and rated; the
+per-movie and per-user-day counts they read are defined here once, as SQLAlchemy Core selects
+over the store's tables, so that each database does the grouping and only the counts travel.
+Movie keys come back as a categorical `movie_id`, as the parser gives them.
+
+`Stored` and `Frames` answer the same questions, from the store or from frames shaped like the
+parser's (a notebook's own data): an audit written against either computes the same metrics
+from both, so the CLI, the scheduler and a notebook share one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import BigInteger, Date, cast, func, literal_column, select, type_coerce
+
+from recaudit.audits.store import (
+    SPAN_SECONDS,
+    between,
+    ratings,
+    recommendation_items,
+    recommendations,
+    users,
+    watch_hours,
+    watches,
+    whole_hours,
+)
+
+_DAY_US = 86_400_000_000
+
+
+def watch_sessions(store, since, until) -> pd.DataFrame:
+    """(user_id, day, movie_id, minutes): minutes watched per user, day and movie in the window.
+
+    A window of whole hours is summed from the hourly rollup (a few rows per viewer and hour
+    instead of one per minute watched); any other window counts the watches themselves.
+    """
+    hours = whole_hours(since, until)
+    if hours is not None:
+        user, movie, hour = watch_hours.c.user_id, watch_hours.c.movie_key, watch_hours.c.hour
+        day = (hour // 24).label("day")
+        query = select(user, day, movie, func.sum(watch_hours.c.minutes).label("minutes")).where(
+            hour >= hours[0], hour < hours[1])
+    else:
+        user, movie = watches.c.user_id, watches.c.movie_key
+        day = day_of(watches.c.time, store.dialect).label("day")
+        query = select(user, day, movie, func.count().label("minutes")).where(*between(watches.c.time, since, until))
+    df = store.frame(query.group_by(user, day, movie).order_by(user, day, movie), fixed=True)
+    return store._with_movie_ids(df.astype({"day": np.int64, "minutes": np.int64}))
+
+
+def recommended_counts(store, since, until) -> pd.DataFrame:
+    """(movie_id, n): how often each movie was recommended by the requests of the window."""
+    key = recommendation_items.c.movie_key
+    query = (select(key, func.count().label("n")).select_from(items_of_requests())
+             .where(*between(recommendations.c.time, since, until)).group_by(key).order_by(key))
+    return store._with_movie_ids(store.frame(query, fixed=True))
+
+
+def rated_counts(store, since, until) -> pd.DataFrame:
+    """(movie_id, n): how often each movie was rated in the window."""
+    key = ratings.c.movie_key
+    query = (select(key, func.count().label("n")).where(*between(ratings.c.time, since, until))
+             .group_by(key).order_by(key))
+    return store._with_movie_ids(store.frame(query, fixed=True))
+
+
+def recommended_counts_by_user(store, since, until) -> pd.DataFrame:
+    """(age, age_group, gender, movie_id, n): recommendations of each movie in the window by
+    the attributes of the users they were made to (missing for users not in the users table)."""
+    columns = [users.c.age, users.c.age_group, users.c.gender, recommendation_items.c.movie_key]
+    query = (select(*columns, func.count().label("n"))
+             .select_from(items_of_requests().outerjoin(users, users.c.user_id == recommendations.c.user_id))
+             .where(*between(recommendations.c.time, since, until)).group_by(*columns).order_by(*columns))
+    df = store.frame(query).astype({"age_group": object, "gender": object, "n": np.int64})
+    return store._with_movie_ids(df.astype({"movie_key": np.int64}))
+
+
+def quarter_spans(watches: pd.DataFrame, movie: str = "movie_id") -> pd.DataFrame:
+    """(user_id, quarter, <movie>, first_at, last_at): the first and last watch of each user and
+    movie per quarter hour since 1970, the rows `watch_spans` keeps (ingestion adds to them)."""
+    quarter = watches["time"].to_numpy().astype("datetime64[s]").astype(np.int64) // SPAN_SECONDS
+    return (watches.assign(quarter=quarter).groupby(["user_id", "quarter", movie], observed=True)["time"]
+            .agg(first_at="min", last_at="max").reset_index())
+
+
+def items_of_requests():
+    """The recommended movies joined to the request that listed them (for its user and time)."""
+    return recommendation_items.join(recommendations, (recommendations.c.source_id == recommendation_items.c.source_id)
+                                     & (recommendations.c.line == recommendation_items.c.line))
+
+
+def day_of(time, dialect: str):
+    """The day since 1970-01-01 of a stored time, so that per-day aggregates do not depend on the
+    window's length: SQLite stores microseconds, PostgreSQL a timestamp."""
+    if dialect == "sqlite":
+        return type_coerce(time, BigInteger) // _DAY_US
+    return cast(func.date_trunc("day", time), Date) - literal_column("DATE '1970-01-01'", Date)
+
+
+
+@dataclass
+class Stored:
+    """The aggregates of the store's activity in a window."""
+
+    store: object
+
+    def watch_sessions(self, since, until) -> pd.DataFrame:
+        return watch_sessions(self.store, since, until)
+
+    def recommended_counts(self, since, until) -> pd.DataFrame:
+        return recommended_counts(self.store, since, until)
+
+    def rated_counts(self, since, until) -> pd.DataFrame:
+        return rated_counts(self.store, since, until)
+
+    def recommended_counts_by_user(self, since, until) -> pd.DataFrame:
+        return recommended_counts_by_user(self.store, since, until)
+
+
+@dataclass
+class Frames:
+    """The same aggregates from frames shaped like the parser's (`recaudit.recsys.events`):
+    requests and their items joined on (source_id, line), or on line alone for one parsed log;
+    `users` as users.csv reads (without it, every user's attributes are missing)."""
+
+    recommendations: pd.DataFrame
+    items: pd.DataFrame
+    ratings: pd.DataFrame
+    watches: pd.DataFrame
+    users: pd.DataFrame | None = None
+
+    def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """[since, until) holding every event: from the hour of the first to the top of the hour
+        after the last (whole hours, like the window `recaudit audit` picks)."""
+        times = [f["time"] for f in (self.recommendations, self.ratings, self.watches) if len(f)]
+        if not times:
+            raise ValueError("no events in the frames")
+        first, last = min(t.min() for t in times), max(t.max() for t in times)
+        return first.floor("h"), last.floor("h") + pd.Timedelta(hours=1)
+
+    def watch_sessions(self, since, until) -> pd.DataFrame:
+        w = within(self.watches, since, until)
+        day = w["time"].to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
+        sessions = w.groupby([w["user_id"], pd.Series(day, index=w.index, name="day"), w["movie_id"]],
+                             observed=True, sort=True).size()
+        return sessions.rename("minutes").reset_index().astype({"user_id": np.int64, "day": np.int64,
+                                                                 "minutes": np.int64})
+
+    def recommended_counts(self, since, until) -> pd.DataFrame:
+        items = self._items_of_requests(since, until)
+        return items.groupby("movie_id", observed=True).size().rename("n").reset_index()
+
+    def rated_counts(self, since, until) -> pd.DataFrame:
+        ratings = within(self.ratings, since, until)
+        return ratings.groupby("movie_id", observed=True).size().rename("n").reset_index()
+
+    def recommended_counts_by_user(self, since, until) -> pd.DataFrame:
+        items = self._items_of_requests(since, until)
+        attributes = ["age", "age_group", "gender"]
+        users = (self.users if self.users is not None else pd.DataFrame(columns=["user_id", *attributes]))
+        users = users.reindex(columns=["user_id", *attributes]).drop_duplicates("user_id", keep="last")
+        items = items.merge(users.astype({"user_id": np.int64}), on="user_id", how="left")
+        counts = items.groupby([*attributes, "movie_id"], observed=True, dropna=False).size().rename("n")
+        return counts.reset_index().astype({"age": "Int64", "age_group": object, "gender": object, "n": np.int64})
+
+    def _items_of_requests(self, since, until) -> pd.DataFrame:
+        """(user_id, movie_id) of every movie listed by a request in the window."""
+        key = request_key(self.recommendations)
+        requests = within(self.recommendations, since, until)[[*key, "user_id"]]
+        return self.items[[*key, "movie_id"]].merge(requests, on=key)[["user_id", "movie_id"]]
+
+
+def request_key(requests: pd.DataFrame) -> list[str]:
+    """What identifies a request and its items: (source_id, line) in the store, the line alone
+    in one parsed log."""
+    return ["source_id", "line"] if "source_id" in requests else ["line"]
+
+
+def within(frame: pd.DataFrame, since, until) -> pd.DataFrame:
+    """The rows of a frame of events in [since, until), as `between` selects them in the store."""
+    time = frame["time"]
+    return frame[(time >= pd.Timestamp(since)) & (time < pd.Timestamp(until))]

@@ -1,0 +1,117 @@
+"""The schema's revisions, on a real SQLite file and a real PostgreSQL: a new database records the
+head, databases of earlier versions (tests/data, written by their own code) are upgraded on open
+and keep their rows, a database at the head opens without the schema lock, and one upgraded by a
+newer recaudit is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import String, Text, create_engine, select, text
+
+from recaudit.audits import migrations
+from recaudit.audits import store as st
+from recaudit.recsys.formats import InputError
+
+DATA = Path(__file__).resolve().parent / "data"
+OLD = ("489ba0b", "75b1b4d")  # before forks of logs; the last before revisions were recorded
+TABLES = ("ingested_sources", "movie_keys", "watches", "ratings", "recommendations", "recommendation_items",
+          "quarantine", "watch_hours", "watch_spans", "audit_runs", "audit_results", "metrics", "findings", "job_runs")
+
+
+def load_old(db_url: str, commit: str) -> None:
+    """Make the database `commit`'s code made, from its dump."""
+    dialect = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    sql = (DATA / f"{commit}.{dialect}.sql").read_text()
+    if dialect == "sqlite":
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+            conn.executescript(sql)
+        return
+    engine = create_engine(st.resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.connection.driver_connection.execute(sql)
+    engine.dispose()
+
+
+def _same_type(context, inspected, declared, inspected_type, declared_type) -> bool | None:
+    """SQLite never enforced a VARCHAR's length, so upgrades leave its VARCHARs that are TEXT now."""
+    if context.dialect.name == "sqlite" and isinstance(declared_type, Text) and isinstance(inspected_type, String):
+        return False
+    return None
+
+
+def schema_at_head(store: st.Store) -> None:
+    """The database records the head revision and has the tables the code declares."""
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [migrations.head()]
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": _same_type}), st.metadata) == []
+
+
+def test_a_new_database_records_the_head_revision_and_has_the_declared_schema(db_url):
+    store = st.Store(db_url)
+    schema_at_head(store)
+    store.close()
+
+
+@pytest.mark.parametrize("commit", OLD)
+def test_a_database_of_an_earlier_version_is_upgraded_on_open_and_keeps_its_rows(db_url, commit):
+    load_old(db_url, commit)
+    engine = create_engine(st.resolve_url(db_url))
+    with engine.connect() as conn:
+        before = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+    engine.dispose()
+    assert before["watches"] == 2 and before["metrics"] == 1 and before["quarantine"] == 1
+    store = st.Store(db_url)
+    schema_at_head(store)
+    assert {t: store.count(t) for t in TABLES} == before
+    [run] = store.runs()
+    assert run["status"] == "findings"
+    assert run["document"]["audits"]["online"]["metrics"] == {"online.success_rate": 0.25}
+    assert store.latest_metrics()[["key", "value"]].values.tolist() == [["online.success_rate", 0.25]]
+    assert store.read("watches").movie_id.tolist() == ["a+2001", "a+2001"]
+    assert store.read("items").movie_id.tolist() == ["a+2001", "b+2002"]
+    # New rows take new ids, and the columns added since take values.
+    run_id = store.start_run(pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-03"), ["online"])
+    store.abandon_run(run_id, "a reason")
+    assert run_id == run["id"] + 1 and store.runs()[0]["error"] == "a reason"
+    with store.transaction() as conn:
+        conn.execute(st.metrics.insert().values(run_id=run_id, key="online.success_rate.server." + "s" * 400))
+    store.close()
+
+
+def test_a_database_at_the_head_opens_while_another_process_holds_the_schema_lock(db_url):
+    st.Store(db_url).close()
+    if db_url.startswith("sqlite"):  # the schema lock is SQLite's write lock
+        holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = create_engine(st.resolve_url(db_url)).connect()
+        holder.execute(text(f"SELECT pg_advisory_lock({migrations._SCHEMA_LOCK})"))
+    opened = []
+    opener = threading.Thread(target=lambda: opened.append(st.Store(db_url).close()), daemon=True)
+    opener.start()
+    opener.join(timeout=10)  # a bound on waiting: the lock is held for as long as the test runs
+    holder.close()
+    assert opened, "opening a database at the head waited for the schema lock"
+
+
+def test_a_database_upgraded_by_a_newer_recaudit_is_refused_in_one_line_naming_it_and_its_revision(db_url):
+    st.Store(db_url).close()
+    engine = create_engine(st.resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    engine.dispose()
+    with pytest.raises(InputError) as raised:
+        st.Store(db_url)
+    message = str(raised.value)
+    database = db_url.removeprefix("sqlite:///") if db_url.startswith("sqlite") else "postgresql+psycopg://"
+    assert "\n" not in message and database in message and "f00dfeed" in message and "newer recaudit" in message
+    with engine.connect() as conn:  # and left as it was
+        assert conn.execute(select(text("version_num")).select_from(text("alembic_version"))).scalar_one() == "f00dfeed"
+    engine.dispose()

@@ -7,11 +7,14 @@ Movie keys come back as a categorical `movie_id`, as the parser gives them.
 
 `Stored` and `Frames` answer the same questions, from the store or from frames shaped like the
 parser's (a notebook's own data): an audit written against either computes the same metrics
-from both, so the CLI, the scheduler and a notebook share one implementation.
+from both, so the CLI, the scheduler and a notebook share one implementation. `given_frames`,
+`require_columns` and `window` take a notebook's frames and window in, the same way for each
+audit of frames.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,15 +137,6 @@ class Frames:
     watches: pd.DataFrame
     users: pd.DataFrame | None = None
 
-    def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        """[since, until) holding every event: from the hour of the first to the top of the hour
-        after the last (whole hours, like the window `recaudit audit` picks)."""
-        times = [f["time"] for f in (self.recommendations, self.ratings, self.watches) if len(f)]
-        if not times:
-            raise ValueError("no events in the frames")
-        first, last = min(t.min() for t in times), max(t.max() for t in times)
-        return first.floor("h"), last.floor("h") + pd.Timedelta(hours=1)
-
     def watch_sessions(self, since, until) -> pd.DataFrame:
         w = within(self.watches, since, until)
         day = w["time"].to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
@@ -173,6 +167,89 @@ class Frames:
         key = request_key(self.recommendations)
         requests = within(self.recommendations, since, until)[[*key, "user_id"]]
         return self.items[[*key, "movie_id"]].merge(requests, on=key)[["user_id", "movie_id"]]
+
+
+def window(since, until, frames: Iterable[pd.DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The window [since, until) an audit of frames reads: each end as given, or, when one is
+    not, filled from the whole hours holding every event of the frames (from the hour of the
+    first to the top of the hour after the last, like the window `recaudit audit` picks).
+
+    None when an end is to be filled and the frames hold no event: there is no window to
+    audit. An end that is not a timestamp, or a window that ends before it starts, is refused:
+    it would otherwise select nothing and pass for a quiet service.
+    """
+    since, until = _timestamp("since", since), _timestamp("until", until)
+    filled = [name for name, end in (("since", since), ("until", until)) if end is None]
+    if filled:
+        times = [f["time"] for f in frames if len(f)]
+        if not times:
+            return None
+        first, last = min(t.min() for t in times), max(t.max() for t in times)
+        since = first.floor("h") if since is None else since
+        until = last.floor("h") + pd.Timedelta(hours=1) if until is None else until
+    if since >= until:
+        origin = f" ({' and '.join(filled)} from the frames' events)" if filled else ""
+        raise ValueError(f"since ({since}) must be before until ({until}){origin}")
+    return since, until
+
+
+def _timestamp(name: str, value) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        parsed = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a timestamp: {value!r} does not parse as one ({exc})") from None
+    if pd.isna(parsed):
+        raise ValueError(f"{name} must be a timestamp, not {value!r}")
+    return parsed
+
+
+def event_frames(events, names: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The named frames of `events`: what `read_log` returns (ParsedEvents), or a mapping or
+    namespace of frames shaped alike (such as ``Store.read``'s)."""
+    found = {name: events.get(name) if isinstance(events, Mapping) else getattr(events, name, None)
+             for name in names}
+    missing = [name for name, frame in found.items() if frame is None]
+    if missing:
+        raise ValueError(f"the events have no {', '.join(map(repr, missing))} frame (needed: {', '.join(names)}): "
+                         "pass what recaudit.read_log returns, or a mapping of those frames")
+    return _data_frames(found)
+
+
+def given_frames(audit: str, first, others: Mapping[str, pd.DataFrame | None]) -> dict[str, pd.DataFrame]:
+    """The frames of an audit called either with separate frames (recommendations first, then
+    `others` by name) or with what `read_log` returns (or a mapping of its frames) alone."""
+    if isinstance(first, pd.DataFrame):
+        missing = [name for name, frame in others.items() if frame is None]
+        if missing:
+            raise ValueError(f"{audit}() was given a recommendations frame without {', '.join(missing)}: pass "
+                             "every frame, or what recaudit.read_log returns alone")
+        return _data_frames({"recommendations": first, **others})
+    extra = [name for name, frame in others.items() if frame is not None]
+    if extra:
+        raise ValueError(f"{audit}() takes either separate frames or what recaudit.read_log returns, not both: "
+                         f"{type(first).__name__} was given with {', '.join(extra)}")
+    return event_frames(first, ["recommendations", *others])
+
+
+def _data_frames(frames: dict) -> dict[str, pd.DataFrame]:
+    for name, frame in frames.items():
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name} must be a DataFrame, not {type(frame).__name__}")
+    return frames
+
+
+def require_columns(frames: Mapping[str, pd.DataFrame | None], columns: Mapping[str, Iterable[str]]) -> None:
+    """Refuse, before any work, a frame without the columns an audit reads from it: by name,
+    rather than as a KeyError from deep inside a merge. An optional frame not given (None)
+    has nothing to check."""
+    for name, needed in columns.items():
+        frame = frames[name]
+        missing = [] if frame is None else [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} has no column {', '.join(map(repr, missing))} "
+                             f"(it has {', '.join(map(repr, frame.columns)) or 'none'})")
 
 
 def request_key(requests: pd.DataFrame) -> list[str]:

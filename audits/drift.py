@@ -353,6 +353,12 @@ def drift(reference, current, users: pd.DataFrame | None = None, movies: pd.Data
         enough values in both windows, ``drift.share_drifted`` and ``drift.dataset_drift``;
         a finding per drifted signal, and one for dataset drift.
 
+    Raises
+    ------
+    ValueError
+        When a window lacks one of its frames, or a frame (users and movies included) a
+        column a signal reads: the frame and the columns are named.
+
     Examples
     --------
     Two days of a tiny log: too few values for any verdict, which the result says rather than

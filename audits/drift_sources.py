@@ -13,7 +13,6 @@ not depend on a window's length.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from functools import cached_property
 
 import numpy as np
@@ -116,11 +115,13 @@ class FrameSource(SignalSource):
     """
 
     def __init__(self, events, users: pd.DataFrame | None = None, movies: pd.DataFrame | None = None):
-        def frame(name: str) -> pd.DataFrame:
-            return events[name] if isinstance(events, Mapping) else getattr(events, name)
-
-        self.watches, self.ratings = frame("watches"), frame("ratings")
-        self.recommendations, self.items = frame("recommendations"), frame("items")
+        frames = activity.event_frames(events, ["watches", "ratings", "recommendations", "items"])
+        activity.require_columns({**frames, "users": users, "movies": movies}, {
+            "watches": ("time", "user_id", "movie_id"), "ratings": ("time", "user_id", "rating"),
+            "recommendations": ("line", "time", "user_id", "status", "latency_ms"), "items": ("line", "movie_id"),
+            "users": USER_COLUMNS, "movies": ("movie_id", "genres")})
+        self.watches, self.ratings = frames["watches"], frames["ratings"]
+        self.recommendations, self.items = frames["recommendations"], frames["items"]
         self.users = pd.DataFrame(columns=USER_COLUMNS) if users is None else users[USER_COLUMNS]
         self.movies = movies
         times = pd.concat([f["time"] for f in (self.watches, self.ratings, self.recommendations)])

@@ -34,8 +34,11 @@ from recaudit.audits.result import AuditResult, Finding
 COLUMNS = {"sex": "sex", "age": "age_group", "occupation": "occupation"}
 ACCURACY = ("rmse", "mae")
 DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
+# The columns of a ratings frame `fairness` reads as its inputs: a dimension of that name would
+# overwrite them.
+INPUTS = ("user_id", "rating", "prediction", "cold_start")
 # Columns of a ratings frame that are never a dimension to compare users by.
-NOT_DIMENSIONS = ("user_id", "rating", "prediction", "cold_start", "movie_id", "time")
+NOT_DIMENSIONS = (*INPUTS, "movie_id", "time")
 
 
 @dataclass
@@ -310,13 +313,17 @@ def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config:
     ----------
     ratings : pandas.DataFrame
         One row per rating: ``user_id``, ``rating``, ``prediction``, optionally ``cold_start``
-        (True where the model never saw the user or the movie; without the column every rating
-        counts as warm) and one column per dimension, named as you like (``sex``,
-        ``age_group``, ``region``, ...). Missing groups count as ``unknown``. Each user is in
-        one group per dimension, since the intervals resample users.
-    dimensions : list of str, optional
-        The columns to compare groups by; by default every column but ``user_id``, ``rating``,
-        ``prediction``, ``cold_start``, ``movie_id`` and ``time``.
+        (True or 1 where the model never saw the user or the movie, False or 0 where it did;
+        missing values, and every rating without the column, count as warm) and one column
+        per dimension, named as you like (``sex``, ``age_group``, ``region``, ...). Missing
+        groups count as ``unknown``. Each user is in one group per dimension, since the
+        intervals resample users.
+    dimensions : str or list of str, optional
+        The column, or columns, to compare groups by; by default every column but ``user_id``,
+        ``rating``, ``prediction``, ``cold_start``, ``movie_id`` and ``time``. The first four
+        are the inputs and cannot be dimensions. Metric keys are dot-separated, so neither a
+        dimension's name nor a group (the column's values as text, ``1`` for ``1.0``) may
+        hold a ".".
     config : dict, optional
         Settings in the shape of recaudit.toml over its defaults, e.g. ``{"fairness":
         {"resamples": 500, "seed": 1}}``; ``groups.age`` names the groups of an ``age_group``
@@ -333,8 +340,10 @@ def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config:
     Raises
     ------
     ValueError
-        When a column is missing, a rating or prediction is not a number, a user is in two
-        groups of one dimension, or `config` names an unknown setting or a value it refuses.
+        When a column is missing, a rating or prediction is not a number, cold_start is not
+        True/False (or 1/0), a dimension is one of the inputs or would make an ambiguous metric
+        key, a user is in two groups of one dimension, or `config` names an unknown setting or
+        a value it refuses.
 
     Examples
     --------
@@ -356,9 +365,18 @@ def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config:
     >>> round(result.metrics["fairness.rmse_gap.region"], 2)
     0.36
     """
-    
     cfg = configuration.resolve(config)
+    if isinstance(dimensions, str):  # one column, not its letters
+        dimensions = [dimensions]
     columns = [c for c in ratings.columns if c not in NOT_DIMENSIONS] if dimensions is None else list(dimensions)
+    inputs = [c for c in columns if c in INPUTS]
+    if inputs:
+        raise ValueError(f"{', '.join(map(repr, inputs))} cannot be a dimension: fairness reads "
+                         f"{', '.join(INPUTS)} as its inputs")
+    dotted = [str(c) for c in columns if "." in str(c)]
+    if dotted:
+        raise ValueError(f"dimension {', '.join(map(repr, dotted))} has a '.' in its name: metric keys are "
+                         "dot-separated (fairness.<metric>.<dimension>.<group>); rename the column")
     missing = [c for c in ("user_id", "rating", "prediction", *columns) if c not in ratings.columns]
     if missing:
         raise ValueError(f"ratings has no column {', '.join(map(repr, missing))} "
@@ -371,12 +389,9 @@ def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config:
         if not np.isfinite(values).all():
             raise ValueError(f"{column} must be a number in every row ({int((~np.isfinite(values)).sum())} are not)")
         evaluated[column] = values
-    cold = ratings["cold_start"] if "cold_start" in ratings else pd.Series(False, index=ratings.index)
-    evaluated["cold_start"] = cold.fillna(False).to_numpy(dtype=bool)
+    evaluated["cold_start"] = _cold_start(ratings)
     for column in columns:
-        # Strings, as GroupMetrics labels groups: a numeric group keeps one name throughout.
-        evaluated[column] = ratings[column].astype(object).where(ratings[column].notna(), groups.UNKNOWN) \
-            .astype(str).to_numpy()
+        evaluated[column] = _group_labels(ratings[column], column)
         split = evaluated.groupby("user_id")[column].nunique()
         if (split > 1).any():
             raise ValueError(f"user {split[split > 1].index[0]} is in more than one {column!r} group: the intervals "
@@ -387,6 +402,46 @@ def fairness(ratings: pd.DataFrame, dimensions: list[str] | None = None, config:
                                      dimensions={str(c): c for c in columns})
     return AuditResult("fairness", metrics=metrics, findings=findings,
                        details={"groups": rows, **_method(cfg["fairness"])})
+
+
+def _cold_start(ratings: pd.DataFrame) -> np.ndarray:
+    """The cold_start column as booleans, missing values False. Only booleans and 0/1 are
+    read: any other value (the text "False", say) has no meaning that casting would not
+    invent, and would count as cold."""
+    if "cold_start" not in ratings:
+        return np.zeros(len(ratings), dtype=bool)
+    cold = ratings["cold_start"]
+    given = cold.notna().to_numpy()
+    values = cold[given]
+    if pd.api.types.is_bool_dtype(values.dtype):
+        valid = np.ones(len(values), dtype=bool)
+    elif pd.api.types.is_numeric_dtype(values.dtype):
+        valid = values.isin([0, 1]).to_numpy()
+    else:
+        valid = np.array([isinstance(v, (int, float, np.number, np.bool_)) and v in (0, 1) for v in values],
+                         dtype=bool)
+    if not valid.all():
+        wrong = pd.unique(values[~valid].astype(object))
+        raise ValueError(f"cold_start must be True/False (or 1/0) in every row: {int((~valid).sum())} are not, "
+                         f"e.g. {', '.join(map(repr, wrong[:5]))}")
+    out = np.zeros(len(cold), dtype=bool)
+    out[given] = values.to_numpy().astype(bool)
+    return out
+
+
+def _group_labels(values: pd.Series, dimension) -> np.ndarray:
+    """Each rating's group in a dimension as text, the way GroupMetrics and metric keys name
+    it: missing values are unknown, and an integral float is its integer ("1", not "1.0": a
+    column of integers with a missing value reads as floats), so that a group keeps one name.
+    A label with a "." is refused: metric keys are dot-separated."""
+    codes, uniques = pd.factorize(values)
+    labels = [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+              for v in uniques]
+    dotted = [label for label in labels if "." in label]
+    if dotted:
+        raise ValueError(f"group {', '.join(map(repr, dotted[:5]))} of dimension {str(dimension)!r} has a '.': metric "
+                         "keys are dot-separated (fairness.<metric>.<dimension>.<group>); relabel the groups")
+    return np.array([*labels, groups.UNKNOWN], dtype=object)[codes]  # code -1, a missing value: the last
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,26 +130,36 @@ def _counts(counts: pd.DataFrame) -> pd.Series:
     return counts.set_index(counts["movie_id"].astype(str))["n"]
 
 
-def feedback(recommendations: pd.DataFrame, items: pd.DataFrame, ratings: pd.DataFrame, watches: pd.DataFrame, *,
-             users: pd.DataFrame | None = None, movies: pd.DataFrame | None = None, since=None, until=None,
+def feedback(recommendations, items: pd.DataFrame | None = None, ratings: pd.DataFrame | None = None,
+             watches: pd.DataFrame | None = None, *, users: pd.DataFrame | None = None,
+             movies: pd.DataFrame | None = None, since=None, until=None,
              history: Sequence[Mapping[str, float | None]] = (), config: dict | None = None) -> AuditResult:
     """The feedback audit over a notebook's own frames, with the metrics and findings of
     `recaudit audit --only feedback` over the same events.
 
     Parameters
     ----------
-    recommendations, items, ratings, watches : DataFrame
-        Events shaped as `recaudit.recsys.events` parses them (`ParsedEvents`' frames), or as
-        `Store.read` returns them. They may reach back before `since`: the correlation is
-        taken over `feedback.correlation_window` and its lagged twin over the span before.
+    recommendations : ParsedEvents, mapping or DataFrame
+        The events: what `recaudit.read_log` returns (ParsedEvents), or a mapping or namespace
+        with its recommendations, items, ratings and watches frames; or the recommendations
+        frame alone, with `items`, `ratings` and `watches` given beside it.
+    items, ratings, watches : DataFrame, optional
+        With a recommendations frame: its items, the ratings and the watches. The frames are
+        shaped as `recaudit.recsys.events` parses them, or as `Store.read` returns them:
+        recommendations need line, time and user_id; items line and movie_id (and source_id
+        when recommendations have one); ratings time and movie_id; watches time, user_id and
+        movie_id. They may reach back before `since`: the correlation is taken over
+        `feedback.correlation_window` and its lagged twin over the span before.
     users : DataFrame, optional
-        users.csv as `recaudit.recsys.formats.read_users_csv` reads it; without it every user
-        is in the "unknown" sex and age groups.
+        users.csv as `recaudit.recsys.formats.read_users_csv` reads it (user_id, and age,
+        age_group or gender where known); without it every user is in the "unknown" sex and
+        age groups.
     movies : DataFrame, optional
         The catalogue (movie_id, title): movies never recommended count in the concentration.
         Without it the catalogue is the movies recommended.
     since, until : timestamp, optional
-        The window [since, until) audited; by default, whole hours holding every event.
+        The window [since, until) audited, anything `pandas.Timestamp` reads; an end not given
+        is filled from the whole hours holding every event.
     history : sequence of mappings, optional
         The metrics of earlier runs, oldest first (e.g. ``[r.metrics for r in earlier]``):
         the trend is fitted over the last ``feedback.trend_runs - 1`` of them and this one.
@@ -162,7 +172,14 @@ def feedback(recommendations: pd.DataFrame, items: pd.DataFrame, ratings: pd.Dat
     Returns
     -------
     AuditResult
-        ``feedback.*`` metrics, the feedback-loop finding, and details for the report.
+        ``feedback.*`` metrics, the feedback-loop finding, and details for the report;
+        ``insufficient_data`` when there is no recommendation to audit.
+
+    Raises
+    ------
+    ValueError
+        When a frame or one of its columns is missing, `since` or `until` is not a timestamp,
+        or `since` is not before `until`.
 
     Examples
     --------
@@ -172,21 +189,32 @@ def feedback(recommendations: pd.DataFrame, items: pd.DataFrame, ratings: pd.Dat
     ...     b"2024-01-01T10:00:00,1,recommendation request a, status 200, result: x+1, y+2, 80 ms\\n"
     ...     b"2024-01-01T10:05:00,1,GET /data/m/x+1/0.mpg\\n"
     ...     b"2024-01-01T11:00:00,1,GET /rate/x+1=5\\n")
-    >>> result = feedback(log.recommendations, log.items, log.ratings, log.watches)
+    >>> result = feedback(log)
     >>> result.metrics["feedback.recommendations"], result.metrics["feedback.coverage"]
     (2.0, 1.0)
     >>> result.details["trend_note"]
     'too few runs for a verdict on the trend: 1, fewer than feedback.min_runs (3)'
+    >>> feedback(log.recommendations, log.items, log.ratings, log.watches).metrics == result.metrics
+    True
     """
-    frames = activity.Frames(recommendations, items, ratings, watches, users)
-    if since is None or until is None:
-        since, until = frames.span()
+    given = activity.given_frames("feedback", recommendations,
+                                  {"items": items, "ratings": ratings, "watches": watches})
+    activity.require_columns({**given, "users": users, "movies": movies}, {
+        "recommendations": ("line", "time", "user_id"),
+        "items": (*activity.request_key(given["recommendations"]), "movie_id"),
+        "ratings": ("time", "movie_id"), "watches": ("time", "user_id", "movie_id"),
+        "users": ("user_id",), "movies": ("movie_id", "title")})
+    frames = activity.Frames(**given, users=users)
+    found = activity.window(since, until, (frames.recommendations, frames.ratings, frames.watches))
+    if found is None:
+        return AuditResult("feedback", "insufficient_data", details={"reason": "no events in the frames"})
+    since, until = found
     config = configuration.resolve(config)
     catalogue = movies if movies is not None else pd.DataFrame({"movie_id": pd.Series(dtype=object),
                                                                 "title": pd.Series(dtype=object)})
     runs = config["feedback"]["trend_runs"] - 1
     past = [{"until": None, **run} for run in list(history)[-runs:]] if runs > 0 else []
-    return measure(frames, catalogue, pd.Timestamp(since), pd.Timestamp(until), past, config)
+    return measure(frames, catalogue, since, until, past, config)
 
 
 def audit(ctx) -> AuditResult:

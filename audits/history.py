@@ -19,6 +19,7 @@ from sqlalchemy.schema import CreateTable
 
 from recaudit.audits.database import connect
 from recaudit.audits.schema import audit_results, audit_runs, findings, job_runs, metrics, models, scheduler_lease
+from recaudit.clock import utc_now
 
 
 class HistoryStore:
@@ -30,7 +31,7 @@ class HistoryStore:
     def start_run(self, since, until, audits: list[str]) -> int:
         with self.transaction() as conn:
             return conn.execute(audit_runs.insert().values(
-                started_at=pd.Timestamp.now("UTC").tz_localize(None), since=pd.Timestamp(since),
+                started_at=utc_now(), since=pd.Timestamp(since),
                 until=pd.Timestamp(until), audits=",".join(audits), status="running",
             ).returning(audit_runs.c.id)).scalar_one()
 
@@ -50,7 +51,7 @@ class HistoryStore:
                                                                  "value", "threshold", "fingerprint")}}
                         for f in a["findings"]])
             conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
-                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status=document["status"], path=str(path),
+                finished_at=utc_now(), status=document["status"], path=str(path),
                 results=json.dumps(document, default=str)))
 
     def abandon_run(self, run_id: int, reason: str) -> None:
@@ -58,7 +59,7 @@ class HistoryStore:
         recorded): errored, with the reason, never left running."""
         with self.transaction() as conn:
             conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
-                finished_at=pd.Timestamp.now("UTC").tz_localize(None), status="errored", error=reason))
+                finished_at=utc_now(), status="errored", error=reason))
 
     def runs(self) -> list[dict]:
         """Every finished run, newest first: id, since, until, status, started_at, path and its
@@ -117,7 +118,7 @@ class HistoryStore:
 
     def start_job(self, job: str, started_at=None) -> int:
         """Record that `job` started, now or at `started_at`; returns the run's id."""
-        started_at = pd.Timestamp.now("UTC") if started_at is None else started_at
+        started_at = utc_now() if started_at is None else started_at
         with self.transaction() as conn:
             return conn.execute(job_runs.insert().values(job=job, started_at=started_at, status="running")
                                 .returning(job_runs.c.id)).scalar_one()
@@ -125,7 +126,7 @@ class HistoryStore:
     def finish_job(self, run_id: int, status: str, detail: str, finished_at=None) -> None:
         """Record a run's outcome, which happened now or at `finished_at` (an outcome recorded
         late, once the database answers again, keeps the time it happened)."""
-        finished_at = pd.Timestamp.now("UTC") if finished_at is None else finished_at
+        finished_at = utc_now() if finished_at is None else finished_at
         with self.transaction() as conn:
             conn.execute(job_runs.update().where(job_runs.c.id == run_id).values(
                 finished_at=finished_at, status=status, detail=detail))
@@ -143,7 +144,7 @@ class HistoryStore:
             return
         with self.transaction() as conn:
             conn.execute(job_runs.update().where(job_runs.c.id.in_(run_ids), job_runs.c.status == "running")
-                         .values(finished_at=pd.Timestamp.now("UTC"), status="interrupted", detail=detail))
+                         .values(finished_at=utc_now(), status="interrupted", detail=detail))
 
     def job_outcomes(self) -> pd.DataFrame:
         """(job, status, n): how many runs of each job ended each way."""
@@ -197,7 +198,7 @@ class HistoryStore:
         clocks differ agree on when a lease expires; an SQLite file has one host, and its clock."""
         if self.dialect == "postgresql":
             return conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
-        return pd.Timestamp.now("UTC").tz_localize(None).to_pydatetime()
+        return utc_now().to_pydatetime()
 
     # -- models ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recaudit.audits import activity, sources
@@ -288,18 +288,19 @@ _LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recom
 def _forget_line(conn: Connection, source_id: int, line: int) -> None:
     """Remove what a half-written line left behind (it is read again, whole), and take it out
     of its source's counts, so that they still add up: lines == stored + quarantined."""
-    where = {"s": source_id, "l": line}
     watched = conn.execute(select(st.watches.c.user_id, st.watches.c.time, st.watches.c.movie_key).where(
         st.watches.c.source_id == source_id, st.watches.c.line == line)).first()
     if watched is not None:
-        key = {"u": watched.user_id, "h": pd.Timestamp(watched.time).value // 3_600_000_000_000, "m": watched.movie_key}
-        conn.execute(text("UPDATE watch_hours SET minutes = minutes - 1 WHERE user_id = :u AND hour = :h "
-                          "AND movie_key = :m"), key)
-        conn.execute(text("DELETE FROM watch_hours WHERE minutes <= 0"))
+        hours = st.watch_hours.c
+        conn.execute(update(st.watch_hours).where(
+            hours.user_id == watched.user_id, hours.hour == pd.Timestamp(watched.time).value // 3_600_000_000_000,
+            hours.movie_key == watched.movie_key).values(minutes=hours.minutes - 1))
+        conn.execute(delete(st.watch_hours).where(hours.minutes <= 0))
         # watch_spans need nothing: a fragment that parsed as a watch was cut in its minute, so
         # the whole line has the same user, movie and time.
-    removed = {table: conn.execute(text(f"DELETE FROM {table} WHERE source_id = :s AND line = :l"), where).rowcount
-               for table in ("watches", "ratings", "recommendations", "recommendation_items", "quarantine")}
+    removed = {table.name: conn.execute(delete(table).where(table.c.source_id == source_id,
+                                                            table.c.line == line)).rowcount
+               for table in (st.watches, st.ratings, st.recommendations, st.recommendation_items, st.quarantine)}
     if not any(removed.values()):
         return  # forgotten already, by another tail that continues the same content
     source = conn.execute(select(st.ingested_sources.c.lines, st.ingested_sources.c.stored,

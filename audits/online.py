@@ -19,7 +19,6 @@ from recaudit.audits import activity
 from recaudit.audits import config as configuration
 from recaudit.audits import store as st
 from recaudit.audits.result import AuditResult, Finding
-from recaudit.recsys import events as ev
 
 HORIZON = "15min"
 
@@ -227,21 +226,28 @@ def _opt(value) -> float | None:
     return None if value is None else float(value)
 
 
-def online(recommendations: pd.DataFrame, items: pd.DataFrame, watches: pd.DataFrame, *, since=None, until=None,
-           config: dict | None = None) -> AuditResult:
+def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataFrame | None = None, *,
+           since=None, until=None, config: dict | None = None) -> AuditResult:
     """The online audit over a notebook's own frames, with the metrics and findings of
     `recaudit audit --only online` over the same events.
 
     Parameters
     ----------
-    recommendations, items, watches : DataFrame
-        Events shaped as `recaudit.recsys.events` parses them (`ParsedEvents`' frames), or as
-        `Store.read` returns them. Watches after `until` count as the follow-ups of the
-        window's last requests; a request whose horizon reaches past the latest event given
-        is not judged yet (``details["awaiting_follow_up"]``).
+    recommendations : ParsedEvents, mapping or DataFrame
+        The events: what `recaudit.read_log` returns (ParsedEvents), or a mapping or namespace
+        with its recommendations, items and watches frames; or the recommendations frame
+        alone, with `items` and `watches` given beside it.
+    items, watches : DataFrame, optional
+        With a recommendations frame: its items and the watches. The frames are shaped as
+        `recaudit.recsys.events` parses them, or as `Store.read` returns them: recommendations
+        need line, time, user_id, server, status, latency_ms and n_items; items line, rank
+        and movie_id (and source_id when recommendations have one); watches time, user_id and
+        movie_id. Watches after `until` count as the follow-ups of the window's last requests;
+        a request whose horizon reaches past the latest event given is not judged yet
+        (``details["awaiting_follow_up"]``).
     since, until : timestamp, optional
-        The window [since, until) of requests audited; by default, whole hours holding every
-        event.
+        The window [since, until) of requests audited, anything `pandas.Timestamp` reads; an
+        end not given is filled from the whole hours holding every event.
     config : dict, optional
         Settings in the shape of recaudit.toml (``{"online": {"success_horizon": "30min"}}``),
         over the defaults.
@@ -250,7 +256,13 @@ def online(recommendations: pd.DataFrame, items: pd.DataFrame, watches: pd.DataF
     -------
     AuditResult
         ``online.*`` metrics overall and per server, and the availability, latency and
-        server-difference findings.
+        server-difference findings; ``insufficient_data`` when there is no request to audit.
+
+    Raises
+    ------
+    ValueError
+        When a frame or one of its columns is missing, `since` or `until` is not a timestamp,
+        or `since` is not before `until`.
 
     Examples
     --------
@@ -259,12 +271,22 @@ def online(recommendations: pd.DataFrame, items: pd.DataFrame, watches: pd.DataF
     ...     b"2024-01-01T10:00:00,1,recommendation request a, status 200, result: x+1, y+2, 80 ms\\n"
     ...     b"2024-01-01T10:05:00,1,GET /data/m/y+2/0.mpg\\n"
     ...     b"2024-01-01T11:00:00,2,GET /data/m/x+1/0.mpg\\n")
-    >>> result = online(log.recommendations, log.items, log.watches)
+    >>> result = online(log)
     >>> result.metrics["online.success_rate"], result.metrics["online.mrr"]
     (1.0, 0.5)
+    >>> online(log.recommendations, log.items, log.watches).metrics == result.metrics
+    True
     """
-    if since is None or until is None:
-        since, until = activity.Frames(recommendations, items, ev.frame("ratings"), watches).span()
+    frames = activity.given_frames("online", recommendations, {"items": items, "watches": watches})
+    recommendations, items, watches = frames["recommendations"], frames["items"], frames["watches"]
+    activity.require_columns(frames, {
+        "recommendations": ("line", "time", "user_id", "server", "status", "latency_ms", "n_items"),
+        "items": (*activity.request_key(recommendations), "rank", "movie_id"),
+        "watches": ("time", "user_id", "movie_id")})
+    found = activity.window(since, until, (recommendations, watches))
+    if found is None:
+        return AuditResult("online", "insufficient_data", details={"reason": "no events in the frames"})
+    since, until = found
     config = configuration.resolve(config)
     horizon = config["online"]["success_horizon"]
     follow = followed_requests_of_frames(recommendations, items, watches, since, until, horizon)

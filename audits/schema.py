@@ -298,4 +298,8 @@ scheduler_lease = Table(  # which scheduler process runs the jobs: one holder at
     Column("expires_at", UTCTime, nullable=False),
 )
 
+# APScheduler's job store table: it creates and owns it, beside these (a revision rewrites what
+# older versions stored in it).
+SCHEDULER_JOBS = "scheduler_jobs"
+
 EVENT_TABLES = {"watches": watches, "ratings": ratings, "recommendations": recommendations}

@@ -33,11 +33,11 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from recaudit.audits.config import JOBS
+from recaudit.audits.schema import SCHEDULER_JOBS
 from recaudit.clock import utc_now
 
 log = logging.getLogger("recaudit.schedule")
 
-JOB_TABLE = "scheduler_jobs"
 LEASE = "schedule"
 
 
@@ -250,7 +250,7 @@ def paused(db: str, cfg: dict, may_run=lambda: True):
 
     settings = cfg["schedule"]
     scheduler = _Scheduler(
-        may_run, jobstores={"default": SQLAlchemyJobStore(url=db, tablename=JOB_TABLE)},
+        may_run, jobstores={"default": SQLAlchemyJobStore(url=db, tablename=SCHEDULER_JOBS)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings["misfire_grace_seconds"]},
         jobstore_retry_interval=settings["lease_seconds"] / 3, timezone="UTC")
     scheduler.start(paused=True)

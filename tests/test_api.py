@@ -17,7 +17,9 @@ from recaudit.recsys.formats import InputError
 from recaudit.reports.html import render_run
 from support import HEAVY, open_page
 
-PAYLOAD = "</script><script>window.__pwned=1;alert(1)</script>"
+# No "." in it: a group label with one is refused (metric keys are dot-separated), and this one
+# is a group label.
+PAYLOAD = "</script><script>__pwned=1;alert(1)</script>"
 
 
 def planted(users_per_region: int = 40, ratings_per_user: int = 8, south_error: float = 0.6, seed: int = 0):
@@ -95,6 +97,104 @@ def test_ratings_the_bootstrap_cannot_read_are_refused_with_the_reason():
         recaudit.fairness(moved)
     with pytest.raises(InputError, match="config: fairness.resampels: unknown setting"):
         recaudit.fairness(ratings, config={"fairness": {"resampels": 10}})
+
+
+def test_cold_start_as_text_is_refused_and_ones_and_zeros_or_missing_values_are_read():
+    ratings = planted(users_per_region=10)
+    with pytest.raises(ValueError, match=r"cold_start must be True/False \(or 1/0\).*'True', 'False'"):
+        recaudit.fairness(ratings.assign(cold_start=np.where(ratings.user_id < 5, "True", "False")), "region")
+    with pytest.raises(ValueError, match=r"cold_start must be True/False \(or 1/0\).*2"):
+        recaudit.fairness(ratings.assign(cold_start=ratings.user_id % 3), "region")
+    cold = (ratings.user_id < 5).astype(float).where(ratings.user_id != 0)  # user 0's are missing: warm
+    share = recaudit.fairness(ratings.assign(cold_start=cold), "region", {"fairness": {"resamples": 5}}).metrics
+    assert share["fairness.cold_start_share"] == pytest.approx(4 / 20)
+
+
+def test_integral_float_groups_are_named_as_integers_and_dotted_names_are_refused():
+    ratings = planted(users_per_region=10)
+    tier = ratings.assign(tier=np.where(ratings.user_id < 10, 1.0, np.nan))  # integers with a gap read as floats
+    metrics = recaudit.fairness(tier, ["tier"], {"fairness": {"resamples": 5}}).metrics
+    assert metrics["fairness.n.tier.1"] == metrics["fairness.n.tier.unknown"] == 80
+    with pytest.raises(ValueError, match=r"group '1.5' of dimension 'tier' has a '.': metric keys are dot-separated"):
+        recaudit.fairness(tier.assign(tier=tier.tier.fillna(1.5)), ["tier"])
+    with pytest.raises(ValueError, match=r"dimension 'region.v2' has a '.' in its name: metric keys are dot-separated"):
+        recaudit.fairness(ratings.rename(columns={"region": "region.v2"}))
+
+
+def test_a_bare_string_is_one_dimension_and_the_inputs_cannot_be_dimensions():
+    ratings = planted(users_per_region=10)
+    metrics = recaudit.fairness(ratings, "region", {"fairness": {"resamples": 5}}).metrics
+    assert {key.split(".")[2] for key in metrics if key.startswith("fairness.rmse_gap.")} == {"region"}
+    with pytest.raises(ValueError, match="'rating', 'cold_start' cannot be a dimension"):
+        recaudit.fairness(ratings.assign(cold_start=False), ["region", "rating", "cold_start"])
+
+
+LOG = (b"2024-01-01T10:00:00,1,recommendation request a, status 200, result: x+1, y+2, 80 ms\n"
+       b"2024-01-01T10:05:00,1,GET /data/m/y+2/0.mpg\n"
+       b"2024-01-01T10:06:00,1,GET /rate/y+2=4\n"
+       b"2024-01-01T13:00:00,2,recommendation request a, status 200, result: x+1, 90 ms\n"
+       b"2024-01-01T13:05:00,2,GET /data/m/x+1/0.mpg\n")
+
+
+@pytest.fixture
+def log(tmp_path):
+    path = tmp_path / "events.log"
+    path.write_bytes(LOG)
+    return recaudit.read_log(path)
+
+
+def test_online_and_feedback_take_what_read_log_returns_as_well_as_its_frames(log):
+    assert recaudit.online(log).metrics == recaudit.online(log.recommendations, log.items, log.watches).metrics
+    assert recaudit.online(log).metrics["online.requests"] == 2
+    framed = recaudit.feedback(log.recommendations, log.items, log.ratings, log.watches)
+    mapped = recaudit.feedback({"recommendations": log.recommendations, "items": log.items, "ratings": log.ratings,
+                                "watches": log.watches})
+    assert recaudit.feedback(log).metrics == framed.metrics == mapped.metrics
+    with pytest.raises(ValueError, match="the events have no 'ratings' frame"):
+        recaudit.feedback({"recommendations": log.recommendations, "items": log.items, "watches": log.watches})
+    with pytest.raises(ValueError, match="online\\(\\) was given a recommendations frame without watches"):
+        recaudit.online(log.recommendations, log.items)
+
+
+def test_a_frame_without_a_column_an_audit_reads_is_refused_by_frame_and_column(log):
+    frames = {"recommendations": log.recommendations, "items": log.items, "ratings": log.ratings,
+              "watches": log.watches}
+    with pytest.raises(ValueError, match="recommendations has no column 'server', 'latency_ms'"):
+        recaudit.online({**frames, "recommendations": log.recommendations.drop(columns=["server", "latency_ms"])})
+    with pytest.raises(ValueError, match="items has no column 'movie_id'"):
+        recaudit.feedback({**frames, "items": log.items.drop(columns="movie_id")})
+    with pytest.raises(ValueError, match="ratings has no column 'rating'"):
+        recaudit.drift(log, {**frames, "ratings": log.ratings.drop(columns="rating")})
+
+
+@pytest.mark.parametrize("audit", ["online", "feedback"])
+def test_a_window_given_at_one_end_keeps_that_end_and_takes_the_other_from_the_frames(log, audit):
+    run = getattr(recaudit, audit)
+    counted = "online.requests" if audit == "online" else "feedback.recommendations"
+    assert run(log).metrics[counted] == (2 if audit == "online" else 3)
+    assert run(log, since="2024-01-01T12:00").metrics[counted] == 1  # the second request only
+    assert run(log, until="2024-01-01T12:00").metrics[counted] == (1 if audit == "online" else 2)
+
+
+@pytest.mark.parametrize("audit", ["online", "feedback"])
+def test_a_window_end_that_is_not_a_timestamp_or_comes_too_late_is_refused(log, audit):
+    run = getattr(recaudit, audit)
+    with pytest.raises(ValueError, match="since must be a timestamp: 'garbage'"):
+        run(log, since="garbage")
+    with pytest.raises(ValueError, match="until must be a timestamp: 'soon'"):
+        run(log, until="soon")
+    with pytest.raises(ValueError, match="since .* must be before until"):
+        run(log, since="2024-01-02", until="2024-01-01")
+    with pytest.raises(ValueError, match=r"since \(2024-01-02 00:00:00\) must be before until .*until from the frames"):
+        run(log, since="2024-01-02")
+
+
+@pytest.mark.parametrize("audit", ["online", "feedback"])
+def test_frames_without_events_are_insufficient_data_not_an_error(tmp_path, audit):
+    (tmp_path / "empty.log").write_text("")
+    result = getattr(recaudit, audit)(recaudit.read_log(tmp_path / "empty.log"))
+    assert (result.audit, result.status, result.details) == (audit, "insufficient_data",
+                                                             {"reason": "no events in the frames"})
 
 
 # -- pages ------------------------------------------------------------------------------------

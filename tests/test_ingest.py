@@ -183,7 +183,7 @@ def test_a_failure_mid_source_commits_nothing_and_a_rerun_stores_everything(stor
 def test_an_ingest_killed_mid_write_leaves_nothing_and_a_rerun_stores_everything(tmp_path, small_world):
     """SIGKILL while the write-ahead log grows, i.e. inside the source's transaction (the log is
     made larger until the kill lands mid-write)."""
-    code = ("import sys; from audits.store import Store; from audits.ingest import ingest; "
+    code = ("import sys; from recaudit.audits.store import Store; from recaudit.audits.ingest import ingest; "
             "ingest(Store(sys.argv[1]), [sys.argv[2]], chunk_bytes=256 << 10)")
     for copies in (40, 160, 640):
         db, big = tmp_path / f"killed{copies}.db", tmp_path / f"big{copies}.log"

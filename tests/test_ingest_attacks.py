@@ -69,7 +69,7 @@ def test_a_log_rotated_while_a_real_ingest_reads_it_loses_nothing_and_stores_not
     """The log is renamed and a new one written under its name as soon as the ingest process
     has it open, which is inside the window where the path used to be opened a second time."""
     old_lines, new_lines = 150_000, 1_000
-    code = "import sys; from audits.store import Store; from audits.ingest import ingest; " \
+    code = "import sys; from recaudit.audits.store import Store; from recaudit.audits.ingest import ingest; " \
            "ingest(Store(sys.argv[1]), [sys.argv[2]])"
     for attempt in range(3):
         log = tmp_path / f"try{attempt}" / "events.log"
@@ -150,7 +150,7 @@ def test_several_processes_opening_a_new_database_at_once_all_succeed(db_url, tm
     """They wait, imports done, on a barrier (a file that appears), then all create the schema
     of an empty database at the same moment."""
     go = tmp_path / "go"
-    code = ("import os, sys, time; from audits.store import Store; open(sys.argv[3], 'w').close(); "
+    code = ("import os, sys, time; from recaudit.audits.store import Store; open(sys.argv[3], 'w').close(); "
             "[time.sleep(0.001) for _ in iter(lambda: os.path.exists(sys.argv[2]), True)]; Store(sys.argv[1]).close()")
     ready = [tmp_path / f"ready{i}" for i in range(6)]
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url, str(go), str(r)], stderr=subprocess.PIPE)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import String, Text, create_engine, select, text
+from sqlalchemy import String, Text, create_engine, inspect, select, text
 
 from recaudit.audits import migrations
 from recaudit.audits import store as st
@@ -114,4 +114,49 @@ def test_a_database_upgraded_by_a_newer_recaudit_is_refused_in_one_line_naming_i
     assert "\n" not in message and database in message and "f00dfeed" in message and "newer recaudit" in message
     with engine.connect() as conn:  # and left as it was
         assert conn.execute(select(text("version_num")).select_from(text("alembic_version"))).scalar_one() == "f00dfeed"
+    engine.dispose()
+
+
+def test_the_scheduler_s_jobs_stored_by_an_earlier_version_call_the_packaged_service_and_keep_their_times(
+        db_url, tmp_path):
+    import pickle
+
+    from recaudit.audits import config as configuration
+    from recaudit.audits.schema import SCHEDULER_JOBS
+    from recaudit.scheduler import service
+
+    url = st.Store(db_url).url
+    scheduler = service.build(url, None, configuration.load())
+    due = {job.id: job.next_run_time for job in scheduler.get_jobs()}
+    service.close(scheduler)
+    # As an earlier version left them: the function named by its path before recaudit was one
+    # package, and the schema at the revision before this one.
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for job_id, blob in conn.execute(text(f"SELECT id, job_state FROM {SCHEDULER_JOBS}")).all():
+            state = pickle.loads(blob)
+            state["func"] = "scheduler.service:run_job"
+            conn.execute(text(f"UPDATE {SCHEDULER_JOBS} SET job_state = :s WHERE id = :i"),
+                         {"s": pickle.dumps(state), "i": job_id})
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    engine.dispose()
+    st.Store(db_url).close()
+    scheduler = service.build(url, None, configuration.load())
+    try:
+        jobs = scheduler.get_jobs()
+        assert {job.id: job.next_run_time for job in jobs} == due and len(due) > 0
+        assert {job.func_ref for job in jobs} == {"recaudit.scheduler.service:run_job"}
+    finally:
+        service.close(scheduler)
+
+
+def test_a_database_holding_someone_else_s_tables_of_the_same_names_is_refused_and_left_alone(db_url):
+    engine = create_engine(st.resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE users (user_id BIGINT PRIMARY KEY, email TEXT)"))
+    with pytest.raises(InputError, match="holds tables named like recaudit's \\(users\\) that recaudit did not make"):
+        st.Store(db_url)
+    with engine.connect() as conn:  # not altered, and nothing added beside it
+        assert list(conn.execute(text("SELECT * FROM users")).keys()) == ["user_id", "email"]
+        assert inspect(conn).get_table_names() == ["users"]
     engine.dispose()

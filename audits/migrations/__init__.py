@@ -66,8 +66,27 @@ def upgrade(engine: Engine, database: str) -> None:
         if revision(conn, database) == head():
             return
     with _schema_lock(engine) as conn:
-        if revision(conn, database) != head():  # another process may have upgraded it meanwhile
+        current = revision(conn, database)
+        if current is None:
+            _refuse_foreign(conn, database)
+        if current != head():  # another process may have upgraded it meanwhile
             command.upgrade(_config(conn), "head")
+
+
+def _refuse_foreign(conn: Connection, database: str) -> None:
+    """A database without a revision is empty or made by an earlier recaudit, which always
+    created all its tables at once, `ingested_sources` among them. Tables of recaudit's names
+    without that one belong to someone else (a shared schema's own `users`): upgrading would
+    alter them."""
+    from sqlalchemy import inspect
+
+    from recaudit.audits.schema import metadata
+
+    present = set(inspect(conn).get_table_names())
+    ours = sorted(present & set(metadata.tables))
+    if ours and "ingested_sources" not in present:
+        raise InputError(database, f"holds tables named like recaudit's ({', '.join(ours)}) that recaudit did not "
+                                   "make: give it a database or schema of its own")
 
 
 @contextmanager

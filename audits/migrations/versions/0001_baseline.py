@@ -291,4 +291,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    tables().drop_all(op.get_bind())
+    # Undoing the baseline would drop every table and the data in them.
+    raise NotImplementedError("recaudit's revisions are not undone: restore a backup of the database instead")

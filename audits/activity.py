@@ -53,7 +53,7 @@ def watch_sessions(store, since, until) -> pd.DataFrame:
         day = day_of(watches.c.time, store.dialect).label("day")
         query = select(user, day, movie, func.count().label("minutes")).where(*between(watches.c.time, since, until))
     df = store.frame(query.group_by(user, day, movie).order_by(user, day, movie), fixed=True)
-    return store._with_movie_ids(df.astype({"day": np.int64, "minutes": np.int64}))
+    return store.with_movie_ids(df.astype({"day": np.int64, "minutes": np.int64}))
 
 
 def recommended_counts(store, since, until) -> pd.DataFrame:
@@ -61,7 +61,7 @@ def recommended_counts(store, since, until) -> pd.DataFrame:
     key = recommendation_items.c.movie_key
     query = (select(key, func.count().label("n")).select_from(items_of_requests())
              .where(*between(recommendations.c.time, since, until)).group_by(key).order_by(key))
-    return store._with_movie_ids(store.frame(query, fixed=True))
+    return store.with_movie_ids(store.frame(query, fixed=True))
 
 
 def rated_counts(store, since, until) -> pd.DataFrame:
@@ -69,7 +69,7 @@ def rated_counts(store, since, until) -> pd.DataFrame:
     key = ratings.c.movie_key
     query = (select(key, func.count().label("n")).where(*between(ratings.c.time, since, until))
              .group_by(key).order_by(key))
-    return store._with_movie_ids(store.frame(query, fixed=True))
+    return store.with_movie_ids(store.frame(query, fixed=True))
 
 
 def recommended_counts_by_user(store, since, until) -> pd.DataFrame:
@@ -80,7 +80,7 @@ def recommended_counts_by_user(store, since, until) -> pd.DataFrame:
              .select_from(items_of_requests().outerjoin(users, users.c.user_id == recommendations.c.user_id))
              .where(*between(recommendations.c.time, since, until)).group_by(*columns).order_by(*columns))
     df = store.frame(query).astype({"age_group": object, "gender": object, "n": np.int64})
-    return store._with_movie_ids(df.astype({"movie_key": np.int64}))
+    return store.with_movie_ids(df.astype({"movie_key": np.int64}))
 
 
 def quarter_spans(watches: pd.DataFrame, movie: str = "movie_id") -> pd.DataFrame:
@@ -138,15 +138,10 @@ class Frames:
     users: pd.DataFrame | None = None
 
     def watch_sessions(self, since, until) -> pd.DataFrame:
-        w = within(self.watches, since, until)
-        day = w["time"].to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
-        sessions = w.groupby([w["user_id"], pd.Series(day, index=w.index, name="day"), w["movie_id"]],
-                             observed=True, sort=True).size()
-        return sessions.rename("minutes").reset_index().astype({"user_id": np.int64, "day": np.int64,
-                                                                 "minutes": np.int64})
+        return sessions_of(within(self.watches, since, until))
 
     def recommended_counts(self, since, until) -> pd.DataFrame:
-        items = self._items_of_requests(since, until)
+        items = listed_items(within(self.recommendations, since, until), self.items)
         return items.groupby("movie_id", observed=True).size().rename("n").reset_index()
 
     def rated_counts(self, since, until) -> pd.DataFrame:
@@ -154,7 +149,7 @@ class Frames:
         return ratings.groupby("movie_id", observed=True).size().rename("n").reset_index()
 
     def recommended_counts_by_user(self, since, until) -> pd.DataFrame:
-        items = self._items_of_requests(since, until)
+        items = listed_items(within(self.recommendations, since, until), self.items)
         attributes = ["age", "age_group", "gender"]
         users = (self.users if self.users is not None else pd.DataFrame(columns=["user_id", *attributes]))
         users = users.reindex(columns=["user_id", *attributes]).drop_duplicates("user_id", keep="last")
@@ -162,11 +157,25 @@ class Frames:
         counts = items.groupby([*attributes, "movie_id"], observed=True, dropna=False).size().rename("n")
         return counts.reset_index().astype({"age": "Int64", "age_group": object, "gender": object, "n": np.int64})
 
-    def _items_of_requests(self, since, until) -> pd.DataFrame:
-        """(user_id, movie_id) of every movie listed by a request in the window."""
-        key = request_key(self.recommendations)
-        requests = within(self.recommendations, since, until)[[*key, "user_id"]]
-        return self.items[[*key, "movie_id"]].merge(requests, on=key)[["user_id", "movie_id"]]
+
+def days_since_epoch(times: pd.Series) -> np.ndarray:
+    """The day since 1970-01-01 of each time, as `day_of` gives it in the store."""
+    return times.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
+
+
+def sessions_of(watches: pd.DataFrame) -> pd.DataFrame:
+    """(user_id, day, movie_id, minutes): the minutes watched per user, day and movie, as
+    `watch_sessions` reads them from the store."""
+    day = pd.Series(days_since_epoch(watches["time"]), index=watches.index, name="day")
+    sessions = watches.groupby([watches["user_id"], day, watches["movie_id"]], observed=True, sort=True).size()
+    return sessions.rename("minutes").reset_index().astype({"user_id": np.int64, "day": np.int64,
+                                                             "minutes": np.int64})
+
+
+def listed_items(recommendations: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """(user_id, movie_id) of every movie listed by one of these requests."""
+    key = request_key(recommendations)
+    return items[[*key, "movie_id"]].merge(recommendations[[*key, "user_id"]], on=key)[["user_id", "movie_id"]]
 
 
 def window(since, until, frames: Iterable[pd.DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp] | None:

@@ -34,10 +34,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # Switching a new database to WAL needs it to itself, and SQLite answers "locked" at once,
     # busy timeout or not, while another process opening it at the same moment holds it: retried
     # for as long as the busy timeout would wait.
+    # (An in-memory database answers "memory" and stays so: only "locked" is retried.)
     deadline = time.monotonic() + 30
-    while cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+    while True:
         try:
             cur.execute("PRAGMA journal_mode=WAL")
+            break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

@@ -100,10 +100,6 @@ def _half(user_ids: pd.Series) -> np.ndarray:
     return ((user_ids.to_numpy(dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(63)).astype(int)
 
 
-def _days(times: pd.Series) -> np.ndarray:
-    return times.to_numpy(dtype="datetime64[D]").astype(np.int64)
-
-
 class FrameSource(SignalSource):
     """A window given as frames: `events` has watches, ratings, recommendations and items (the
     parser's ParsedEvents, or a mapping or namespace of frames shaped alike, such as
@@ -118,7 +114,8 @@ class FrameSource(SignalSource):
         frames = activity.event_frames(events, ["watches", "ratings", "recommendations", "items"])
         activity.require_columns({**frames, "users": users, "movies": movies}, {
             "watches": ("time", "user_id", "movie_id"), "ratings": ("time", "user_id", "rating"),
-            "recommendations": ("line", "time", "user_id", "status", "latency_ms"), "items": ("line", "movie_id"),
+            "recommendations": ("line", "time", "user_id", "status", "latency_ms"),
+            "items": (*activity.request_key(frames["recommendations"]), "movie_id"),
             "users": USER_COLUMNS, "movies": ("movie_id", "genres")})
         self.watches, self.ratings = frames["watches"], frames["ratings"]
         self.recommendations, self.items = frames["recommendations"], frames["items"]
@@ -137,24 +134,19 @@ class FrameSource(SignalSource):
         return df[column].value_counts().sort_index()
 
     def ratings_per_user_day(self):
-        return self.ratings.groupby([self.ratings["user_id"], _days(self.ratings["time"])]).size()
+        return self.ratings.groupby([self.ratings["user_id"], activity.days_since_epoch(self.ratings["time"])]).size()
 
     def watch_sessions(self):
-        w = self.watches
-        return (pd.DataFrame({"user_id": w["user_id"].to_numpy(), "day": _days(w["time"]), "movie_id": w["movie_id"]})
-                .groupby(["user_id", "day", "movie_id"], observed=True).size().rename("minutes").reset_index())
+        return activity.sessions_of(self.watches)
 
     def active_user_days(self):
-        days = pd.concat([pd.DataFrame({"user_id": f["user_id"].to_numpy(dtype=np.int64), "day": _days(f["time"])})
+        days = pd.concat([pd.DataFrame({"user_id": f["user_id"].to_numpy(dtype=np.int64),
+                                        "day": activity.days_since_epoch(f["time"])})
                           for f in (self.watches, self.ratings, self.recommendations)]).drop_duplicates()
         return days.merge(self.users, on="user_id", how="left").sort_values(["user_id", "day"], ignore_index=True)
 
-    def _items_of_requests(self) -> pd.DataFrame:
-        key = ["source_id", "line"] if {"source_id"} <= set(self.items) & set(self.recommendations) else ["line"]
-        return self.items.merge(self.recommendations[key + ["user_id"]], on=key)
-
     def recommended_counts(self):
-        counts = self._items_of_requests()["movie_id"].astype(str).value_counts()
+        counts = activity.listed_items(self.recommendations, self.items)["movie_id"].astype(str).value_counts()
         return counts.sort_index()
 
     def genres(self):
@@ -163,7 +155,7 @@ class FrameSource(SignalSource):
         return pd.Series(self.movies["genres"].to_numpy(), index=self.movies["movie_id"].astype(str).to_numpy())
 
     def recommended_pairs(self):
-        return self._items_of_requests()[["user_id", "movie_id"]]
+        return activity.listed_items(self.recommendations, self.items)
 
 
 class StoreSource(SignalSource):
@@ -221,4 +213,4 @@ class StoreSource(SignalSource):
         query = (select(recommendations.c.user_id, recommendation_items.c.movie_key)
                  .select_from(items_of_requests())
                  .where(*between(recommendations.c.time, self.since, self.until)))
-        return self.store._with_movie_ids(self.store.frame(query, fixed=True))
+        return self.store.with_movie_ids(self.store.frame(query, fixed=True))

@@ -202,7 +202,7 @@ class EventStore:
         if name == "movies":
             m = movies.c
             df = self.frame(select(m.movie_key, m.title, m.year, m.genres).order_by(m.movie_key))
-            return self._with_movie_ids(df)[["movie_id", "title", "year", "genres"]]
+            return self.with_movie_ids(df)[["movie_id", "title", "year", "genres"]]
         if name == "quarantine":
             q = quarantine.c
             return self.frame(select(q.source_id, q.file, q.line, q.raw, q.reason).order_by(q.id))
@@ -211,14 +211,14 @@ class EventStore:
             query = (select(i.source_id, i.line, i.rank, i.movie_key)
                      .join(recommendations, and_(r.source_id == i.source_id, r.line == i.line))
                      .where(*between(r.time, since, until)).order_by(r.time, i.source_id, i.line, i.rank))
-            return self._with_movie_ids(self.frame(query, fixed=True))
+            return self.with_movie_ids(self.frame(query, fixed=True))
         table = EVENT_TABLES[name]
         query = select(table).where(*between(table.c.time, since, until)).order_by(
             table.c.time, table.c.source_id, table.c.line)
         df = self.frame(query, fixed=name != "recommendations")
         if name == "recommendations":
             df["server"] = df["server"].astype("category")
-        return self._with_movie_ids(df) if "movie_key" in df else df
+        return self.with_movie_ids(df) if "movie_key" in df else df
 
     def window(self, since=None, until=None) -> Window:
         """Every frame an audit may need for [since, until) in one call."""
@@ -234,7 +234,7 @@ class EventStore:
         w = watches.c
         query = (select(w.user_id, w.movie_key).distinct().where(*between(w.time, None, until))
                  .order_by(w.user_id, w.movie_key))
-        return self._with_movie_ids(self.frame(query, fixed=True))
+        return self.with_movie_ids(self.frame(query, fixed=True))
 
     def quarantine_of_window(self, since, until) -> pd.DataFrame:
         """Quarantined log lines that happened in [since, until) (by their `near_time`), shaped
@@ -256,7 +256,7 @@ class EventStore:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(table_named(table))).scalar_one()
 
-    def _with_movie_ids(self, df: pd.DataFrame) -> pd.DataFrame:
+    def with_movie_ids(self, df: pd.DataFrame) -> pd.DataFrame:
         """Replace the movie_key column by a categorical movie_id in the same place."""
         ids = self.movie_ids()
         at = df.columns.get_loc("movie_key")

@@ -90,14 +90,17 @@ def test_a_database_at_the_head_opens_while_another_process_holds_the_schema_loc
     if db_url.startswith("sqlite"):  # the schema lock is SQLite's write lock
         holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
-    else:
-        holder = create_engine(st.resolve_url(db_url)).connect()
-        holder.execute(text(f"SELECT pg_advisory_lock({migrations._SCHEMA_LOCK})"))
+    else:  # the schema lock as the migrations take it: until the holder's transaction ends
+        engine = create_engine(st.resolve_url(db_url))
+        holder = engine.connect()
+        holder.execute(text(f"SELECT pg_advisory_xact_lock({migrations._SCHEMA_LOCK})"))
     opened = []
     opener = threading.Thread(target=lambda: opened.append(st.Store(db_url).close()), daemon=True)
     opener.start()
     opener.join(timeout=10)  # a bound on waiting: the lock is held for as long as the test runs
-    holder.close()
+    holder.close()  # ends the transaction, and with it the lock
+    if not db_url.startswith("sqlite"):
+        engine.dispose()
     assert opened, "opening a database at the head waited for the schema lock"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ from pydantic import (
     model_validator,
 )
 
-from recaudit.audits.groups import DEFAULT_AGE_GROUPS
+from recaudit.audits.groups import ALONGSIDE, BUILT_IN, DEFAULT_AGE_GROUPS, UNKNOWN
 from recaudit.audits.result import SEVERITIES
-from recaudit.recsys.formats import InputError
+from recaudit.recsys.formats import InputError, attribute_name_problem
 from recaudit.recsys.recommender import ALGOS
 
 DEFAULT_PATH = "recaudit.toml"
@@ -66,13 +67,15 @@ JOB_SCHEDULES = {  # name: when it runs by default; jobs due at the same time ru
     "validation": "1h",
     "drift": "15 0 * * *",
     "fairness": "30 0 * * *",
-    "feedback": "45 0 * * *",  # feedback and online
+    "feedback": "45 0 * * *",  # feedback, online and exposure
     "retrain": "0 3 * * 0",
     "report": "15min",
     "alerts": "1min",
 }
 JOBS = tuple(JOB_SCHEDULES)
-FAIRNESS_DIMENSIONS = ("sex", "age", "occupation")
+FAIRNESS_DIMENSIONS = BUILT_IN  # the default dimensions; any user attribute can be one too
+EXPOSURE_GROUPINGS = ("genre", "popularity", "decade")  # beside movie attributes
+SCORER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 OPS = (">", ">=", "<", "<=", "==", "!=")
 
 
@@ -174,10 +177,47 @@ class Audit(Table):
     out: str = Field("recaudit-reports", min_length=1, description="the dashboard (index.html) and runs/<run_id>/")
 
 
+def _bin(value):
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in value)
+          and value[0] <= value[1])
+    if not ok:
+        raise ValueError(f"must be [lowest, highest], numbers with lowest <= highest (got {value!r})")
+    return value
+
+
+Bin = Annotated[list[float], BeforeValidator(_bin), Shown("[lowest, highest]")]
+
+
+def _attribute_bins(value: dict[str, dict[str, list[float]]]) -> dict:
+    """Each binned attribute's name is a user attribute's, and its bins are labels metric keys
+    can hold that share no value (a value has one group)."""
+    for name, bins in value.items():
+        problem = attribute_name_problem(name, "users")
+        if problem:
+            raise Misplaced(name, problem + (" (ages are binned by groups.age)" if name == "age" else ""))
+        if not bins:
+            raise Misplaced(name, "names no bin")
+        for label in bins:
+            if "." in label or label == UNKNOWN or not label.strip():
+                raise Misplaced(name, f"bin {label!r}: a bin's name has no '.' (metric keys are dot-separated) and is "
+                                      f"not {UNKNOWN!r} or blank")
+        ordered = sorted(bins.items(), key=lambda kv: kv[1][0])
+        for (a, (_, a_high)), (b, (b_low, _)) in zip(ordered, ordered[1:]):
+            if b_low <= a_high:
+                raise Misplaced(name, f"bins {a!r} and {b!r} overlap: a value has one group")
+    return value
+
+
 class Groups(Table):
     age: dict[str, AgeBand] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_AGE_GROUPS),
                                     description="the age groups fairness compares and drift's age_group counts; "
                                                 "replaced whole when given")
+    bins: Annotated[dict[str, dict[str, Bin]], AfterValidator(_attribute_bins)] = Field(
+        default_factory=dict, json_schema_extra={"shown_default": "none"},
+        description="bins of a numeric user attribute, one table per attribute (`[groups.bins.income]` with "
+                    "`low = [0, 29999]`): its groups instead of its values; both ends included, bins may not overlap; "
+                    "a value that is not a number or in no bin is unknown")
 
 
 class Signal(Table):
@@ -188,6 +228,24 @@ class Signal(Table):
 
 Signals = named_tables("Signals", "signal", {name: Signal(method=method, threshold=threshold)
                                              for name, (method, threshold) in DRIFT_SIGNALS.items()})
+
+
+class AttributeSignal(Signal):
+    """A user attribute's share of daily active users, compared as sex's is by default."""
+
+    method: Literal[DRIFT_METHODS] = Field(DRIFT_SIGNALS["sex"][0],
+                                           description=Signal.model_fields["method"].description)
+    threshold: float = Field(DRIFT_SIGNALS["sex"][1], ge=0,
+                             description=Signal.model_fields["threshold"].description)
+
+
+def _drift_attributes(value: dict[str, AttributeSignal]) -> dict:
+    for name in value:
+        problem = attribute_name_problem(name, "users") or (
+            f"names a built-in signal (drift.signals.{name})" if name in DRIFT_SIGNALS else None)
+        if problem:
+            raise Misplaced(name, problem)
+    return value
 
 
 class Drift(Table):
@@ -203,6 +261,10 @@ class Drift(Table):
     seed: int = Field(0, ge=0, description="the seed of that sampling and of the noise floor's splits")
     report: bool = Field(True, description="write evidently's own report (HTML and JSON) beside the run")
     signals: Signals = Field(default_factory=Signals, description="each signal's test and threshold")
+    attributes: Annotated[dict[str, AttributeSignal], AfterValidator(_drift_attributes)] = Field(
+        default_factory=dict, description="user attributes whose share of daily active users is a signal too, named "
+                                          "after the attribute (`[drift.attributes.region]`, its keys as a signal's; "
+                                          "method and threshold by default sex's); each must be stored")
 
     @model_validator(mode="after")
     def _samples(self):
@@ -216,12 +278,43 @@ class GapThresholds(Table):
     mae: float = Field(0.2, ge=0, description="likewise for MAE")
 
 
+def _scorer_path(value: str) -> str:
+    if value and not SCORER_PATH.fullmatch(value):
+        raise ValueError(f'must be "package.module:function" (got {value!r})')
+    return value
+
+
+def _dimensions(value: list[str]) -> list[str]:
+    for name in value:
+        if name in BUILT_IN:
+            continue
+        problem = attribute_name_problem(name, "users") or (
+            "a column of the ratings fairness evaluates" if name in ALONGSIDE else None)
+        if problem:
+            raise ValueError(f"{name!r} is neither one of {', '.join(BUILT_IN)} nor a user attribute: {problem}")
+    repeated = [name for name, n in Counter(value).items() if n > 1]
+    if repeated:
+        raise ValueError(f"names {repeated[0]!r} twice")
+    return value
+
+
 class Fairness(Table):
-    model: str = Field("", description='a model id; "" for the newest')
-    window: Duration = Field("7d", description="evaluate at least this far back from the window's end (after the "
-                                               "model's cutoff)")
-    dimensions: list[Literal[FAIRNESS_DIMENSIONS]] = Field(list(FAIRNESS_DIMENSIONS),
-                                                           description="the groups of users compared")
+    model: str = Field("", description='the model audited: a name in the stored predictions, or a model id of '
+                                       '`recaudit train`; "" for the model with the most predictions in the window '
+                                       '(the newest trained model when no predictions are stored)')
+    window: Duration = Field("7d", description="evaluate at least this far back from the window's end (after a "
+                                               "trained model's cutoff)")
+    scorer: Annotated[str, AfterValidator(_scorer_path)] = Field(
+        "", description='"package.module:function" (found on PYTHONPATH or in the current directory): called with '
+                        'arrays of user ids and movie ids, it returns predicted ratings, and is the model audited '
+                        'unless `model` names another; "" for none')
+    scorer_name: str = Field("", description='names the scorer\'s model in results; "" for its path')
+    scorer_batch: int = Field(100_000, ge=1, description="ratings per call of the scorer, at most")
+    dimensions: Annotated[list[str], AfterValidator(_dimensions),
+                          Shown("list of `sex`, `age`, `occupation` or user attribute names")] = Field(
+        list(FAIRNESS_DIMENSIONS), description="the groups of users compared: sex, age (by groups.age), occupation, "
+                                               "or the name of a stored user attribute (its values, or its "
+                                               "groups.bins); checked against the stored users when the audit runs")
     min_group_size: int = Field(100, ge=1, description="ratings; smaller groups are reported as insufficient, "
                                                        "without a verdict")
     min_group_users: int = Field(20, ge=1, description="users, likewise")
@@ -267,6 +360,45 @@ class Online(Table):
     min_success_difference: float = Field(0.02, ge=0, le=1, description="and the smallest difference worth a "
                                                                         "finding")
     severity: Severity = Field("warning", description="the severity of an online finding")
+
+
+class ExposureGapThresholds(Table):
+    success_rate: float = Field(0.05, ge=0, le=1, description="the largest gap in online success rate between "
+                                                              "groups of users without a finding (0.05: 5 points)")
+    mrr: float = Field(0.03, ge=0, le=1, description="likewise for the MRR of the served lists")
+
+
+def _movie_groupings(value: list[str]) -> list[str]:
+    for name in value:
+        problem = None if name in EXPOSURE_GROUPINGS else attribute_name_problem(name, "movies")
+        if problem:
+            raise ValueError(f"{name!r} is neither one of {', '.join(EXPOSURE_GROUPINGS)} nor a movie attribute: "
+                             f"{problem}")
+    repeated = [name for name, n in Counter(value).items() if n > 1]
+    if repeated:
+        raise ValueError(f"names {repeated[0]!r} twice")
+    return value
+
+
+class Exposure(Table):
+    movie_groups: Annotated[list[str], AfterValidator(_movie_groupings)] = Field(
+        list(EXPOSURE_GROUPINGS), description="the groupings of movies compared: genre, popularity (tiers of the "
+                                              "previous window's viewing), decade (of release), or the name of a "
+                                              "stored movie attribute")
+    min_ratio: float = Field(0.5, gt=0, description="a movie group whose exposure-to-watch ratio is below this "
+                                                    "beyond chance is a finding")
+    min_group_viewings: int = Field(50, ge=1, description="viewings (a user watching a movie on a day) of a movie "
+                                                          "group; fewer: no verdict")
+    min_group_viewers: int = Field(20, ge=1, description="users who watched a movie group, likewise")
+    min_group_requests: int = Field(100, ge=1, description="served lists of a group of users; fewer: no verdict")
+    min_group_users: int = Field(20, ge=1, description="users of a group of users who were served, likewise")
+    gap_thresholds: ExposureGapThresholds = Field(default_factory=ExposureGapThresholds,
+                                                  description="per metric of the users' side")
+    resamples: int = Field(1000, ge=2, description="bootstrap resamples of users")
+    confidence: float = Field(0.95, gt=0, lt=1, description="of the intervals (adjusted for the groups compared "
+                                                            "when a finding is picked from several)")
+    seed: int = Field(0, ge=0, description="the seed of the resampling")
+    severity: Severity = Field("warning", description="the severity of an exposure finding")
 
 
 class Rule(Table):
@@ -381,6 +513,9 @@ class Settings(Table):
     fairness: Fairness = Field(default_factory=Fairness, description="the fairness audit")
     feedback: Feedback = Field(default_factory=Feedback, description="the feedback audit")
     online: Online = Field(default_factory=Online, description="the online audit")
+    exposure: Exposure = Field(default_factory=Exposure, description="the exposure audit: what the recommender "
+                                                                     "serves each group of users and shows of each "
+                                                                     "group of movies")
     alerts: Alerts = Field(default_factory=Alerts, description="alerts")
     schedule: Schedule = Field(default_factory=Schedule, description="`recaudit schedule`")
     validation: Validation = Field(default_factory=Validation, description="the validation audit")
@@ -513,7 +648,7 @@ def _known_keys(loc: list) -> list[str]:
     """The keys of the table at `loc`, for the message refusing an unknown one."""
     model = Settings
     for part in loc:
-        if not isinstance(part, int):
+        if not isinstance(part, int) and part in model.model_fields:  # not a list's index or a table's own name
             model = _model_in(model.model_fields[part].annotation)
     return list(model.model_fields)
 
@@ -558,6 +693,9 @@ def _rows(model: type[BaseModel], prefix: str):
         elif inner is not None and get_origin(field.annotation) is list:
             yield f"`{key}`", "list of tables", "`[]`", field.description
             yield from ((f"`{key}[].{k}`", t, d, desc) for k, t, d, desc in _leaves(inner))
+        elif inner is not None and get_origin(field.annotation) is dict:  # tables named by the user
+            yield f"`{key}.<name>`", "a table per name", "none", field.description
+            yield from ((f"`{key}.<name>.{k}`", t, d, desc) for k, t, d, desc in _leaves(inner))
         elif inner is not None:
             yield from _rows(inner, f"{key}.")
         else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable
 
@@ -141,6 +141,13 @@ def _occupation(src, basis):
     return _counts(groups.occupation(src.active))
 
 
+def _attribute(name: str, src, basis):
+    """Active user-days per group of a user attribute: its values, or its bins (groups.bins)."""
+    counts = src.attribute_counts(name)
+    labels = groups.attribute(pd.Series(counts.index, dtype=object), basis.config["groups"]["bins"].get(name))
+    return pd.Series(counts.to_numpy(), index=labels.to_numpy()).groupby(level=0).sum()
+
+
 def _latency(src, basis):
     c = src.value_counts("recommendations", "latency_ms", successful=True)
     return pd.DataFrame({"value": c.index.to_numpy(dtype=float), "weight": c.to_numpy(dtype=float)})
@@ -180,6 +187,16 @@ if set(_BUILDERS) != set(configuration.DRIFT_SIGNALS):
     raise ImportError(f"drift builds the signals {sorted(_BUILDERS)}, but the configuration names "
                       f"{sorted(configuration.DRIFT_SIGNALS)} (config.DRIFT_SIGNALS)")
 SIGNALS = {name: Signal(name, *_BUILDERS[name]) for name in configuration.DRIFT_SIGNALS}  # in the configuration's order
+
+
+def signals(config: dict) -> list[tuple[Signal, dict]]:
+    """Every signal with its settings: the built-in ones in the configuration's order, then the
+    share of daily active users by each attribute of drift.attributes (as sex's share is watched),
+    in the attribute's groups (its bins when groups.bins has some, as ages are binned)."""
+    settings = config["drift"]
+    return [(signal, settings["signals"][name]) for name, signal in SIGNALS.items()] + [
+        (Signal(name, CATEGORICAL, f"{name} of daily active users", partial(_attribute, name)), per)
+        for name, per in settings["attributes"].items()]
 
 
 def column(signal: Signal, raw, config: dict, salt: int) -> Column | None:
@@ -332,8 +349,9 @@ def drift(reference, current, users: pd.DataFrame | None = None, movies: pd.Data
         namespace with its watches, ratings, recommendations and items frames. Every event
         given is in the window; an item counts with its request.
     users : DataFrame, optional
-        user_id, age, age_group, gender, occupation (as ``Store.read("users")`` gives them).
-        Without it, every active user's groups are unknown.
+        user_id, age, age_group, gender, occupation, and any other columns as the users'
+        attributes (as ``Store.read("users")`` gives them). Without it, every active user's
+        groups are unknown.
     movies : DataFrame, optional
         movie_id and genres (as ``Store.read("movies")`` gives them). Without it, every
         watched movie's genre is unknown.
@@ -358,6 +376,8 @@ def drift(reference, current, users: pd.DataFrame | None = None, movies: pd.Data
     ValueError
         When a window lacks one of its frames, or a frame (users and movies included) a
         column a signal reads: the frame and the columns are named.
+    InputError
+        When ``drift.attributes`` names an attribute that `users` has no column for.
 
     Examples
     --------
@@ -385,10 +405,12 @@ def compare_windows(reference: SignalSource, current: SignalSource, config: dict
     store-backed audit and `drift` on frames. Evidently's report is written into `out_dir`
     when one is given and the ``drift.report`` setting is on."""
     settings = config["drift"]
+    for source in (reference, current) if settings["attributes"] else ():
+        groups.require_attributes(source.attribute_names(), list(settings["attributes"]), "drift.attributes")
     basis = Basis(config, reference, model)
     metrics, findings, rows, columns = {}, [], [], {}
-    for i, (name, signal) in enumerate(SIGNALS.items()):
-        per = settings["signals"][name]
+    for i, (signal, per) in enumerate(signals(config)):
+        name = signal.name
         if not per["enabled"]:
             continue
         ref = column(signal, signal.build(reference, basis), config, 2 * i)
@@ -423,7 +445,7 @@ def compare_windows(reference: SignalSource, current: SignalSource, config: dict
     metrics["drift.share_drifted"] = share
     metrics["drift.dataset_drift"] = float(share >= settings["share_threshold"])
     if share >= settings["share_threshold"]:
-        names = ", ".join(SIGNALS[n].what for n in drifted)
+        names = ", ".join(columns[n][0].what for n in drifted)
         findings.append(Finding("drift", "drift.share_drifted", settings["dataset_severity"],
                                 f"dataset drift: {len(drifted)} of {len(columns)} signals drifted "
                                 f"({share:.0%} ≥ {settings['share_threshold']:.0%}): {names}",

@@ -17,10 +17,11 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select, union
+from sqlalchemy import and_, func, select, union
 
 from recaudit.audits import activity
 from recaudit.audits.activity import day_of, items_of_requests
+from recaudit.audits.schema import user_attributes
 from recaudit.audits.store import (
     between,
     movie_keys,
@@ -34,6 +35,7 @@ from recaudit.audits.store import (
     whole_hours,
 )
 from recaudit.recsys.events import STATUS_OK
+from recaudit.recsys.formats import attribute_columns
 
 USER_COLUMNS = ["user_id", "age", "age_group", "gender", "occupation"]  # as Store.read("users") gives them
 
@@ -64,6 +66,15 @@ class SignalSource(ABC):
     def active_user_days(self) -> pd.DataFrame:
         """(user_id, day, age, age_group, gender, occupation): every user active (any event) on
         a day, once per day, with the user's attributes (missing for users not known)."""
+
+    @abstractmethod
+    def attribute_names(self) -> list[str]:
+        """The attributes users have (beyond USER_COLUMNS)."""
+
+    @abstractmethod
+    def attribute_counts(self, name: str) -> pd.Series:
+        """Active user-days (as `active_user_days` counts them) per value of a user attribute,
+        indexed by the value (None for users without it)."""
 
     @abstractmethod
     def recommended_counts(self) -> pd.Series:
@@ -105,7 +116,8 @@ class FrameSource(SignalSource):
     parser's ParsedEvents, or a mapping or namespace of frames shaped alike, such as
     Store.read's); `users` and `movies` are shaped as Store.read gives them.
 
-    Every event in the frames is in the window, whose span is its first and last event. An
+    The users' columns beyond USER_COLUMNS are their attributes. Every event in the frames is
+    in the window, whose span is its first and last event. An
     item belongs to the window when its request does: items are matched to requests by
     (source_id, line) when both frames have a source_id, else by line.
     """
@@ -119,7 +131,7 @@ class FrameSource(SignalSource):
             "users": USER_COLUMNS, "movies": ("movie_id", "genres")})
         self.watches, self.ratings = frames["watches"], frames["ratings"]
         self.recommendations, self.items = frames["recommendations"], frames["items"]
-        self.users = pd.DataFrame(columns=USER_COLUMNS) if users is None else users[USER_COLUMNS]
+        self.users = pd.DataFrame(columns=USER_COLUMNS) if users is None else users
         self.movies = movies
         times = pd.concat([f["time"] for f in (self.watches, self.ratings, self.recommendations)])
         self.span = (times.min(), times.max()) if len(times) else (None, None)
@@ -143,7 +155,15 @@ class FrameSource(SignalSource):
         days = pd.concat([pd.DataFrame({"user_id": f["user_id"].to_numpy(dtype=np.int64),
                                         "day": activity.days_since_epoch(f["time"])})
                           for f in (self.watches, self.ratings, self.recommendations)]).drop_duplicates()
-        return days.merge(self.users, on="user_id", how="left").sort_values(["user_id", "day"], ignore_index=True)
+        return days.merge(self.users[USER_COLUMNS], on="user_id", how="left").sort_values(["user_id", "day"],
+                                                                                         ignore_index=True)
+
+    def attribute_names(self):
+        return attribute_columns(self.users, "users")
+
+    def attribute_counts(self, name):
+        return self.active[["user_id"]].merge(self.users[["user_id", name]], on="user_id", how="left")[name] \
+            .value_counts(dropna=False)
 
     def recommended_counts(self):
         counts = activity.listed_items(self.recommendations, self.items)["movie_id"].astype(str).value_counts()
@@ -184,7 +204,8 @@ class StoreSource(SignalSource):
     def watch_sessions(self):
         return activity.watch_sessions(self.store, self.since, self.until)
 
-    def active_user_days(self):
+    def _active(self):
+        """(user_id, day) of every user active on a day of the window, once per day."""
         def days(table):
             return select(table.c.user_id, day_of(table.c.time, self.store.dialect).label("day")).where(
                 *between(table.c.time, self.since, self.until))
@@ -193,12 +214,26 @@ class StoreSource(SignalSource):
         watched = (select(watch_hours.c.user_id, (watch_hours.c.hour // 24).label("day"))
                    .where(watch_hours.c.hour >= hours[0], watch_hours.c.hour < hours[1])
                    if hours is not None else days(watches))
-        active = union(days(ratings), days(recommendations), watched).subquery()  # union: distinct
+        return union(days(ratings), days(recommendations), watched).subquery()  # union: distinct
+
+    def active_user_days(self):
+        active = self._active()
         query = (select(active.c.user_id, active.c.day, *(users.c[c] for c in USER_COLUMNS[1:]))
                  .select_from(active.outerjoin(users, users.c.user_id == active.c.user_id))
                  .order_by(active.c.user_id, active.c.day))
         return self.store.frame(query).astype({"user_id": np.int64, "day": np.int64, "age_group": object,
                                                "gender": object, "occupation": object})
+
+    def attribute_names(self):
+        return self.store.attribute_names("users")
+
+    def attribute_counts(self, name):
+        active, a = self._active(), user_attributes.c
+        query = (select(a.value, func.count().label("n"))
+                 .select_from(active.outerjoin(user_attributes, and_(a.user_id == active.c.user_id, a.name == name)))
+                 .group_by(a.value))
+        df = self.store.frame(query)
+        return pd.Series(df["n"].to_numpy(dtype=np.int64), index=pd.Index(df["value"].to_numpy(dtype=object)))
 
     def recommended_counts(self):
         counts = activity.recommended_counts(self.store, self.since, self.until)

@@ -20,11 +20,14 @@ from sqlalchemy.engine import Connection
 from recaudit.audits.pgcopy import copy_in, copy_out, literal_sql, python_values
 from recaudit.audits.schema import (
     EVENT_TABLES,
+    movie_attributes,
     movie_keys,
     movies,
+    predictions,
     quarantine,
     recommendation_items,
     recommendations,
+    user_attributes,
     users,
     watches,
 )
@@ -194,15 +197,18 @@ class EventStore:
         """One kind of stored rows in [since, until), as frames shaped like the parser's.
 
         `name` is watches, ratings, recommendations, items (of the recommendations in the
-        window), users, movies or quarantine.
+        window), predictions (of any model, made in the window), users, movies or quarantine.
+        Users and movies have their typed columns, then one text column per stored attribute
+        (None where one lacks it).
         """
         if name == "users":
             u = users.c
-            return self.frame(select(u.user_id, u.age, u.age_group, u.gender, u.occupation).order_by(u.user_id))
+            return self._with_attributes(select(u.user_id, u.age, u.age_group, u.gender, u.occupation), "users",
+                                         u.user_id)
         if name == "movies":
             m = movies.c
-            df = self.frame(select(m.movie_key, m.title, m.year, m.genres).order_by(m.movie_key))
-            return self.with_movie_ids(df)[["movie_id", "title", "year", "genres"]]
+            return self.with_movie_ids(self._with_attributes(select(m.movie_key, m.title, m.year, m.genres),
+                                                             "movies", m.movie_key))
         if name == "quarantine":
             q = quarantine.c
             return self.frame(select(q.source_id, q.file, q.line, q.raw, q.reason).order_by(q.id))
@@ -212,6 +218,11 @@ class EventStore:
                      .join(recommendations, and_(r.source_id == i.source_id, r.line == i.line))
                      .where(*between(r.time, since, until)).order_by(r.time, i.source_id, i.line, i.rank))
             return self.with_movie_ids(self.frame(query, fixed=True))
+        if name == "predictions":
+            p = predictions.c
+            query = (select(p.source_id, p.line, p.time, p.user_id, p.movie_key, p.model, p.prediction)
+                     .where(*between(p.time, since, until)).order_by(p.time, p.source_id, p.line))
+            return self.with_movie_ids(self.frame(query))
         table = EVENT_TABLES[name]
         query = select(table).where(*between(table.c.time, since, until)).order_by(
             table.c.time, table.c.source_id, table.c.line)
@@ -219,6 +230,26 @@ class EventStore:
         if name == "recommendations":
             df["server"] = df["server"].astype("category")
         return self.with_movie_ids(df) if "movie_key" in df else df
+
+    def _with_attributes(self, query, kind: str, key) -> pd.DataFrame:
+        """The rows of `query` (of users or movies, whose id is `key`), in the order of `key`,
+        with one text column per attribute stored for `kind`, in the order of their names: None
+        where one lacks the attribute. Each is an outer join on the attributes' primary key, so
+        the database pivots them; they are read under labels of their own, so that an attribute
+        named like a typed column elsewhere (a user's `status`) is not read as one."""
+        table = user_attributes if kind == "users" else movie_attributes
+        joined, names = key.table, self.attribute_names(kind)
+        for i, name in enumerate(names):
+            a = table.alias(f"attribute_{i}")
+            joined = joined.outerjoin(a, and_(a.c[key.name] == key, a.c.name == name))
+            query = query.add_columns(a.c.value.label(f"attribute_{i}"))
+        df = self.frame(query.select_from(joined).order_by(key))
+        return df.rename(columns={f"attribute_{i}": name for i, name in enumerate(names)})
+
+    def attribute_names(self, kind: str) -> list[str]:
+        """The names of the attributes stored for `kind` (users or movies), in order."""
+        a = (user_attributes if kind == "users" else movie_attributes).c
+        return self.frame(select(a.name).distinct().order_by(a.name))["name"].tolist()
 
     def window(self, since=None, until=None) -> Window:
         """Every frame an audit may need for [since, until) in one call."""

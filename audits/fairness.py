@@ -24,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import case, func, select
 
 from recaudit.audits import config as configuration
-from recaudit.audits import groups
+from recaudit.audits import groups, schema
+from recaudit.audits.events import between
 from recaudit.audits.result import AuditResult, Finding
+from recaudit.recsys.formats import InputError
 
-# The dimensions recaudit.toml may name for stored users, and the column of the evaluated ratings
-# each is read from (the one `export` writes and `fairness` reads). A metric key names the dimension.
+# The built-in dimensions of stored users, and the column of the evaluated ratings each is read from
+# (the one `export` writes and `fairness` reads); any other dimension, a user attribute, is read from
+# a column of its own name. A metric key names the dimension.
 COLUMNS = {"sex": "sex", "age": "age_group", "occupation": "occupation"}
 ACCURACY = ("rmse", "mae")
 DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
@@ -196,10 +200,10 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
     """Metrics, findings and per-group rows for evaluated ratings (user_id, rating, prediction,
     cold_start and a column per dimension). `dimensions` maps each dimension's name, the one
     metric keys and findings use, to its column: by default the configured dimensions of stored
-    users (`COLUMNS`). `ranking` (user_id, hit, ndcg) and `online` (user_id, success), with the
-    same columns, add ranking quality and online success per group."""
+    users, in the columns `column_of` names. `ranking` (user_id, hit, ndcg) and `online` (user_id,
+    success), with the same columns, add ranking quality and online success per group."""
     if dimensions is None:
-        dimensions = {dim: COLUMNS[dim] for dim in settings["dimensions"]}
+        dimensions = {dim: column_of(dim) for dim in settings["dimensions"]}
     metrics: dict[str, float | None] = {}
     findings: list[Finding] = []
     rows: list[dict] = []
@@ -435,8 +439,7 @@ def _group_labels(values: pd.Series, dimension) -> np.ndarray:
     column of integers with a missing value reads as floats), so that a group keeps one name.
     A label with a "." is refused: metric keys are dot-separated."""
     codes, uniques = pd.factorize(values)
-    labels = [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
-              for v in uniques]
+    labels = [groups.as_text(v) for v in uniques]
     dotted = [label for label in labels if "." in label]
     if dotted:
         raise ValueError(f"group {', '.join(map(repr, dotted[:5]))} of dimension {str(dimension)!r} has a '.': metric "
@@ -447,49 +450,114 @@ def _group_labels(values: pd.Series, dimension) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # The scheduled audit: a stored model's predictions for the stored ratings and users.
 
-def evaluate(model, ratings: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
+def evaluate(model, ratings: pd.DataFrame, users: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Each rating with the model's prediction, served the way the model serves it (users or
     movies it never saw get its baseline, flagged cold_start), and the user's groups: the
-    ratings frame `fairness` takes, with the columns of `COLUMNS`."""
+    ratings frame `fairness` takes, with a column per dimension of fairness.dimensions (`column_of`);
+    `config` is the configuration (`config.load`)."""
     predicted, cold = model.predict(ratings["user_id"].to_numpy(), ratings["movie_id"].astype(str).to_numpy())
-    out = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(dtype=np.int64),
-                        "movie_id": ratings["movie_id"].astype(str).to_numpy(),
-                        "time": ratings["time"].to_numpy(), "rating": ratings["rating"].to_numpy(dtype=float),
-                        "prediction": predicted, "cold_start": cold})
-    return _with_groups(out, users, age_bins)
+    return _with_groups(_predicted(ratings, predicted, cold), users, config)
 
 
-def _with_groups(df: pd.DataFrame, users: pd.DataFrame, age_bins: dict) -> pd.DataFrame:
-    """Add sex, age_group and occupation; users missing from the users table are 'unknown'."""
-    known = groups.of_users(users, age_bins).rename(columns=COLUMNS)
+def _predicted(ratings: pd.DataFrame, prediction: np.ndarray, cold: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": ratings["user_id"].to_numpy(dtype=np.int64),
+                         "movie_id": ratings["movie_id"].astype(str).to_numpy(),
+                         "time": ratings["time"].to_numpy(), "rating": ratings["rating"].to_numpy(dtype=float),
+                         "prediction": prediction, "cold_start": cold})
+
+
+def column_of(dimension: str) -> str:
+    """The column of the evaluated ratings that holds a dimension of stored users."""
+    return COLUMNS.get(dimension, dimension)
+
+
+def _with_groups(df: pd.DataFrame, users: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Add each user's group in every dimension of fairness.dimensions, in the columns `column`
+    names; users missing from the users table are 'unknown'."""
+    dimensions = config["fairness"]["dimensions"]
+    known = groups.user_groups(users, dimensions, config).rename(columns=COLUMNS)
     out = df.merge(known, on="user_id", how="left")
-    for column in COLUMNS.values():
-        out[column] = out[column].fillna(groups.UNKNOWN)
+    for dim in dimensions:
+        out[column_of(dim)] = out[column_of(dim)].fillna(groups.UNKNOWN)
     return out
 
 
+# Where the audited model's predictions come from, as results and pages say it.
+SOURCES = {"predictions": "stored predictions", "scorer": "scorer", "reference": "reference model"}
+RANKING_SKIPPED = "hit rate and NDCG need recaudit's model to rank the catalogue: not computed for an outside model"
+COLD_START_UNKNOWN = "unknown for an outside model: which users and movies it was trained on is not known"
+
+
+@dataclass
+class Audited:
+    """The model under audit: its name, and where its predictions come from (a key of SOURCES)."""
+
+    name: str
+    source: str
+
+
 def audit(ctx) -> AuditResult:
+    """The scheduled audit: the model under audit (`audited_model`) on the ratings of the window."""
+    settings = ctx.config["fairness"]
+    # At least `window` back from the window's end; a trained model's ratings start after its cutoff.
+    since = min(ctx.since, ctx.until - pd.Timedelta(settings["window"]))
+    audited = audited_model(ctx.store, settings, since, ctx.until)
+    if audited is None:
+        what = (f"model {settings['model']!r} (neither a model in the stored predictions nor a trained model)"
+                if settings["model"] else "stored predictions or trained model")
+        return AuditResult("fairness", "insufficient_data", details={
+            "reason": f"no {what} to evaluate (ingest a predictions file, set fairness.scorer, or recaudit train)"})
+    if audited.source == "reference":
+        return _audit_reference(ctx, settings, audited.name, since)
+    details = {"model": audited.name, "source": SOURCES[audited.source],
+               "evaluated": {"since": since.isoformat(), "until": ctx.until.isoformat()},
+               "ranking": RANKING_SKIPPED, "cold_start": COLD_START_UNKNOWN}
+    if audited.source == "predictions":
+        ratings = stored_predictions(ctx.store, audited.name, since, ctx.until)
+    else:
+        ratings = ctx.store.read("ratings", since, ctx.until)
+        ratings["prediction"] = score(load_scorer(settings), settings, ratings)
+    scored = ratings["prediction"].notna().to_numpy()
+    coverage = {"fairness.scored_share": float(scored.mean()) if len(ratings) else None,
+                "fairness.unscored": int((~scored).sum())}
+    details.update(ratings=len(ratings), scored=int(scored.sum()), unscored=coverage["fairness.unscored"])
+    users = ctx.store.read("users")
+    age_bins = ctx.config["groups"]["age"]
+    # Warm and cold cannot be told apart for an outside model: all count as warm in `assess`,
+    # and every figure that would tell them apart is withdrawn below.
+    part = ratings[scored]
+    evaluated = _with_groups(_predicted(part, part["prediction"].to_numpy(dtype=float), np.zeros(len(part), bool)),
+                             users, ctx.config)
+    if settings["export_predictions"]:
+        export(evaluated.assign(cold_start=None), settings["export_predictions"])
+        details["exported"] = str(settings["export_predictions"])
+    if evaluated.empty:
+        reason = (f"none of the {len(ratings):,} ratings in the window has a prediction by {audited.name!r} made "
+                  "before it" if len(ratings) else "no ratings in the window")
+        return AuditResult("fairness", "insufficient_data", metrics=coverage, details={**details, "reason": reason})
+    online = _online(ctx.store, since, ctx.until, users, ctx.config)
+    metrics, findings, rows = assess(evaluated, settings, age_bins, None, online)
+    _without_cold_start(metrics, rows)
+    details.update(groups=rows, **_method(settings), ranked_users=0, requests=0 if online is None else len(online))
+    return AuditResult("fairness", metrics={**metrics, **coverage}, findings=findings, details=details)
+
+
+def _audit_reference(ctx, settings: dict, model_id: str, since: pd.Timestamp) -> AuditResult:
+    """recaudit's reference model, trained by `recaudit train`, on the ratings after its cutoff."""
     from recaudit.recsys.recommender import Model, ranking_per_user
 
-    settings = ctx.config["fairness"]
     age_bins = ctx.config["groups"]["age"]
-    found = ctx.store.model_artifact(settings["model"] or None)
-    if found is None:
-        what = f"model {settings['model']!r}" if settings["model"] else "trained model"
-        return AuditResult("fairness", "insufficient_data",
-                           details={"reason": f"no {what} to evaluate (recaudit train)"})
-    model_id, path = found
-    model = Model.load(path)
+    model = Model.load(ctx.store.model_artifact(model_id)[1])
     cutoff = pd.Timestamp(model.metadata["cutoff"])
-    since = max(min(ctx.since, ctx.until - pd.Timedelta(settings["window"])), cutoff)
-    details = {"model": model_id, "cutoff": cutoff.isoformat(), "evaluated": {"since": since.isoformat(),
-                                                                              "until": ctx.until.isoformat()}}
+    since = max(since, cutoff)
+    details = {"model": model_id, "source": SOURCES["reference"], "cutoff": cutoff.isoformat(),
+               "evaluated": {"since": since.isoformat(), "until": ctx.until.isoformat()}}
     if since >= ctx.until:
         return AuditResult("fairness", "insufficient_data",
                            details={**details, "reason": "the window ends before the model's training cutoff"})
     ratings = ctx.store.read("ratings", since, ctx.until)
     users = ctx.store.read("users")
-    evaluated = evaluate(model, ratings, users, age_bins)
+    evaluated = evaluate(model, ratings, users, ctx.config)
     if settings["export_predictions"]:
         export(evaluated, settings["export_predictions"])
         details["exported"] = str(settings["export_predictions"])
@@ -497,11 +565,133 @@ def audit(ctx) -> AuditResult:
         return AuditResult("fairness", "insufficient_data",
                            details={**details, "reason": "no ratings after the model's training cutoff in the window"})
     ranking = _ranking(model, evaluated, settings, ranking_per_user)
-    online = _online(ctx.store, since, ctx.until, users, age_bins, settings)
+    online = _online(ctx.store, since, ctx.until, users, ctx.config)
     metrics, findings, rows = assess(evaluated, settings, age_bins, ranking, online)
+    metrics.update({"fairness.scored_share": 1.0, "fairness.unscored": 0})  # it predicts every rating
     details.update(groups=rows, **_method(settings), ranked_users=0 if ranking is None else len(ranking),
-                   requests=0 if online is None else len(online))
+                   requests=0 if online is None else len(online), ratings=len(evaluated), scored=len(evaluated),
+                   unscored=0)
     return AuditResult("fairness", metrics=metrics, findings=findings, details=details)
+
+
+def _without_cold_start(metrics: dict, rows: list[dict]) -> None:
+    """Withdraw what would tell warm from cold ratings: for an outside model it is not known."""
+    for key in metrics:
+        if key.startswith("fairness.cold_start_share") or key.split(".")[1].endswith("_warm"):
+            metrics[key] = None
+    for row in rows:
+        for key in row:
+            if key == "cold_start_share" or key.endswith("_warm"):
+                row[key] = None
+
+
+def audited_model(store, settings: dict, since: pd.Timestamp, until: pd.Timestamp) -> Audited | None:
+    """The model the audit evaluates: the one `fairness.model` names, a model of the stored
+    predictions or a trained model's id; else the scorer, when one is set; else the model with
+    the most predictions in [since, until) (then before `until`, then by name); else, when no
+    predictions were made before `until`, the newest trained model. None when there is none."""
+    named, scorer = settings["model"], settings["scorer_name"] or settings["scorer"]
+    if settings["scorer"] and named in ("", scorer):
+        return Audited(scorer, "scorer")
+    if named:
+        stored, trained = _has_predictions(store, named), store.model_artifact(named) is not None
+        if stored and trained:
+            raise InputError("fairness.model", f"{named!r} names both a model of the stored predictions and a trained "
+                                               "model: rename the predictions' model (--model-name)")
+        return Audited(named, "predictions") if stored else Audited(named, "reference") if trained else None
+    p = schema.predictions.c
+    in_window = func.sum(case((p.time >= pd.Timestamp(since), 1), else_=0))
+    most = store.frame(select(p.model).where(*between(p.time, None, until)).group_by(p.model)
+                       .order_by(in_window.desc(), func.count().desc(), p.model).limit(1))
+    if len(most):
+        return Audited(str(most["model"].iloc[0]), "predictions")
+    newest = store.model_artifact(None)
+    return None if newest is None else Audited(newest[0], "reference")
+
+
+def is_model(store, name: str) -> bool:
+    """Whether `name` is a model the audit can evaluate: one of the stored predictions, or trained."""
+    return _has_predictions(store, name) or store.model_artifact(name) is not None
+
+
+def _has_predictions(store, model: str) -> bool:
+    p = schema.predictions.c
+    return len(store.frame(select(p.model).where(p.model == model).limit(1))) > 0
+
+
+def stored_predictions(store, model: str, since, until) -> pd.DataFrame:
+    """The ratings of [since, until) (time, user_id, movie_id, rating) with the latest stored
+    prediction of `model` for the same user and movie made strictly before each (NaN when
+    there is none), found in the database by the predictions' index; equal times go to the
+    prediction stored last."""
+    r, p = schema.ratings.c, schema.predictions.c
+    latest = (select(p.prediction)
+              .where(p.model == model, p.user_id == r.user_id, p.movie_key == r.movie_key, p.time < r.time)
+              .order_by(p.time.desc(), p.source_id.desc(), p.line.desc()).limit(1)
+              .correlate(schema.ratings).scalar_subquery())
+    query = (select(r.time, r.user_id, r.movie_key, r.rating, latest.label("prediction"))
+             .where(*between(r.time, since, until)).order_by(r.time, r.source_id, r.line))
+    df = store.with_movie_ids(store.frame(query))
+    df["prediction"] = df["prediction"].astype(float)
+    return df
+
+
+def load_scorer(settings: dict):
+    """The callable `fairness.scorer` names ("package.module:function", the function perhaps an
+    attribute path such as "team.model:MODEL.predict"), imported from PYTHONPATH or from the
+    current directory (where a scheduled service is started beside the team's code)."""
+    import importlib
+    import os
+    import sys
+
+    path = settings["scorer"]
+    module_name, attribute = path.split(":")
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:  # after everything installed: the directory must not shadow an installed module
+        sys.path.append(here)
+    try:
+        found = importlib.import_module(module_name)
+    except Exception as exc:  # the team's module failing as it loads is theirs to fix, named in one line
+        raise InputError("fairness.scorer", f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+    finally:
+        if added:
+            sys.path.remove(here)
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise InputError("fairness.scorer", f"{module_name!r} has no {attribute!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise InputError("fairness.scorer", f"{path!r} is not callable")
+    return found
+
+
+def score(scorer, settings: dict, ratings: pd.DataFrame) -> np.ndarray:
+    """The scorer's predictions for the ratings, asked for in chunks of at most
+    `fairness.scorer_batch`: arrays of user ids (int64) and movie ids (str) in, one finite
+    number per pair out."""
+    path, batch = settings["scorer"], settings["scorer_batch"]
+    users = ratings["user_id"].to_numpy(dtype=np.int64)
+    movies = ratings["movie_id"].astype(str).to_numpy(dtype=object)
+    out = np.empty(len(ratings))
+    for start in range(0, len(ratings), batch):
+        chunk = slice(start, start + batch)
+        answer = scorer(users[chunk], movies[chunk])
+        try:
+            values = np.asarray(answer, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError("fairness.scorer", f"{path} returned {type(answer).__name__}, not numbers") from None
+        n = len(users[chunk])
+        if values.shape != (n,):
+            raise InputError("fairness.scorer", f"{path} returned an array of shape {values.shape} for {n} "
+                                                "(user, movie) pairs: one prediction per pair is expected")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise InputError("fairness.scorer", f"{path} returned {len(bad)} values that are not finite numbers, "
+                                                f"e.g. {values[bad[0]]} for user {users[chunk][bad[0]]} and movie "
+                                                f"{movies[chunk][bad[0]]!r}")
+        out[chunk] = values
+    return out
 
 
 def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -> pd.DataFrame | None:
@@ -513,20 +703,22 @@ def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -
     users = np.sort(rng.choice(liked, size=min(settings["ranking_max_users"], len(liked)), replace=False))
     ids, _scores, _cold = model.recommend_many(users, settings["k"])
     per_user = ranking_per_user(dict(zip(users.tolist(), ids)), evaluated, settings["k"])
-    return per_user.merge(evaluated.drop_duplicates("user_id")[["user_id", *COLUMNS.values()]], on="user_id")
+    columns = ["user_id", *(column_of(dim) for dim in settings["dimensions"])]
+    return per_user.merge(evaluated.drop_duplicates("user_id")[columns], on="user_id")
 
 
-def _online(store, since, until, users: pd.DataFrame, age_bins: dict, settings: dict) -> pd.DataFrame | None:
+def _online(store, since, until, users: pd.DataFrame, config: dict) -> pd.DataFrame | None:
     from recaudit.audits import online
 
-    requests = online.followed_requests(store, since, until, settings["success_horizon"])
+    requests = online.followed_requests(store, since, until, config["fairness"]["success_horizon"])
     if requests.empty:
         return None
-    return _with_groups(requests[["user_id", "success"]].astype({"success": float}), users, age_bins)
+    return _with_groups(requests[["user_id", "success"]].astype({"success": float}), users, config)
 
 
 def export(evaluated: pd.DataFrame, path: str | Path) -> None:
-    """One row per evaluated rating, so a reviewer can recompute every number."""
-    columns = ["user_id", "movie_id", "time", "rating", "prediction", "cold_start", *COLUMNS.values()]
+    """One row per evaluated rating with its groups, so a reviewer can recompute every number."""
+    fixed = ["user_id", "movie_id", "time", "rating", "prediction", "cold_start"]
+    columns = fixed + [c for c in evaluated.columns if c not in fixed]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     evaluated[columns].to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")

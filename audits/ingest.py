@@ -9,6 +9,7 @@ whatever the first one committed (sources are recognised by the SHA-256 of their
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,12 +23,14 @@ from sqlalchemy.engine import Connection
 
 from recaudit.audits import activity, sources
 from recaudit.audits import store as st
+from recaudit.audits.schema import movie_attributes, user_attributes
+from recaudit.audits.schema import predictions as predictions_table
 from recaudit.clock import utc_now
 from recaudit.recsys import events as ev
-from recaudit.recsys import formats, movielens
+from recaudit.recsys import formats, movielens, predictions
 
 EVENT_KINDS = ("watch", "rate", "recommend")
-STORED_KINDS = EVENT_KINDS + ("users", "movies")
+STORED_KINDS = EVENT_KINDS + ("users", "movies", "predictions")
 _HASH_BLOCK = 8 << 20
 _READ_ATTEMPTS = 5
 
@@ -68,7 +71,8 @@ RowCheck = Callable[[ev.ParsedEvents, str], ev.ParsedEvents]
 
 
 def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BYTES,
-           stdin: BinaryIO | None = None, check: RowCheck | None = None) -> IngestSummary:
+           stdin: BinaryIO | None = None, check: RowCheck | None = None,
+           model_name: str = predictions.DEFAULT_MODEL) -> IngestSummary:
     """Ingest every source the paths name, in order.
 
     A log is recognised by its content, whatever its name: a log that grew since it was
@@ -76,8 +80,12 @@ def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BY
     was read is read again, whole. `check` takes each parsed piece of a log and its source's
     name and returns the piece with the rows it refuses moved to the rejects (quarantined with
     their reason), e.g. `validation.row_check(config)`; ingestion itself does not know the
-    contracts, so that validation can read files the way ingestion plans them.
+    contracts, so that validation can read files the way ingestion plans them. `model_name`
+    names the model of predictions files without a model column.
     """
+    problem = predictions.model_name_problem(model_name)
+    if problem:
+        raise formats.InputError("--model-name", f"{problem} (got {model_name!r})")
     results = []
     for kind, path in sources.plan(paths):
         if path == "-":
@@ -88,6 +96,8 @@ def ingest(store: st.Store, paths: Iterable[str], chunk_bytes: int = ev.CHUNK_BY
             results.append(_ingest_table(store, Path(path), "users"))
         elif kind == "movies":
             results.append(_ingest_table(store, Path(path), "movies"))
+        elif kind == "predictions":
+            results.append(_ingest_predictions(store, Path(path), model_name))
         else:
             results.append(_ingest_movielens(store, Path(path)))
     return IngestSummary(results)
@@ -114,13 +124,14 @@ class _LogPlan:
     head: "hashlib._Hash | None" = None  # the digest of bytes [0, start), to go on with the tail
 
 
-def _plan_log(conn: Connection, f: BinaryIO) -> _LogPlan:
+def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events") -> _LogPlan:
     """Read an open log once: its fingerprint, where its last line starts if unterminated, and
-    the longest content ingested before (under any name) that it begins with."""
+    the longest content of the same kind (events, or a predictions file that grows) ingested
+    before (under any name) that it begins with."""
     earlier = conn.execute(select(
         st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
         st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
-        .where(st.ingested_sources.c.kind == "events", st.ingested_sources.c.end_offset > 0)).all()
+        .where(st.ingested_sources.c.kind == kind, st.ingested_sources.c.end_offset > 0)).all()
     # Where a tail may start: the end of an earlier content, or where its half-written last line
     # began (that line is read again). The digest is kept at each such offset.
     marks = sorted({r.end_offset for r in earlier} | {r.partial_from for r in earlier if r.partial_from})
@@ -282,7 +293,7 @@ def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pi
     return result
 
 
-_LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend"}
+_LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend", "predictions": "predictions"}
 
 
 def _forget_line(conn: Connection, source_id: int, line: int) -> None:
@@ -300,7 +311,8 @@ def _forget_line(conn: Connection, source_id: int, line: int) -> None:
         # the whole line has the same user, movie and time.
     removed = {table.name: conn.execute(delete(table).where(table.c.source_id == source_id,
                                                             table.c.line == line)).rowcount
-               for table in (st.watches, st.ratings, st.recommendations, st.recommendation_items, st.quarantine)}
+               for table in (st.watches, st.ratings, st.recommendations, st.recommendation_items, st.quarantine,
+                             predictions_table)}
     if not any(removed.values()):
         return  # forgotten already, by another tail that continues the same content
     source = conn.execute(select(st.ingested_sources.c.lines, st.ingested_sources.c.stored,
@@ -337,6 +349,45 @@ def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
         _store_rejects(store, conn, source_id, rejects)
         _close_source(conn, source_id, result, len(data), result.lines + 1)
     result.source_id = source_id
+    return result
+
+
+def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceResult:
+    """A predictions file as one source. A CSV or JSON Lines file that grew since it was
+    ingested contributes its new lines, as a log does (its half-written last line read again,
+    whole); a Parquet file is one content, ingested whole or skipped."""
+    try:
+        data = path.read_bytes()  # read once: what is fingerprinted is what is stored
+    except OSError as exc:
+        raise formats.InputError(path, exc.strerror or "cannot be read") from None
+    name, kind = str(path), predictions.format_of(data[:4096])
+    with store.transaction() as conn:
+        store.lock_for_ingest(conn)
+        if kind == "parquet":
+            plan = _LogPlan(0, len(data), 1, hashlib.sha256(data).hexdigest())
+        else:
+            plan = _plan_log(conn, io.BytesIO(data), "predictions")
+            if plan.end <= plan.start:
+                return SourceResult(name, "predictions", "unchanged", first_line=plan.first_line)
+        if _seen(conn, plan.fingerprint):
+            return SourceResult(name, "predictions", "skipped")
+        header = data.split(b"\n", 1)[0] if kind == "csv" and plan.start > 0 else None
+        piece = data[plan.start:plan.end]
+        frame, rejects = predictions.read(path, piece, model_name, plan.first_line, header, kind)
+        source_id = _open_source(conn, "predictions", name, plan.fingerprint, plan.start, plan.first_line,
+                                 continues=plan.continues, partial_from=plan.partial_from)
+        if plan.replaces is not None:
+            _forget_line(conn, *plan.replaces)
+        result = SourceResult(name, "predictions", "ingested", lines=len(frame) + len(rejects),
+                              stored={"predictions": len(frame)}, quarantined=len(rejects),
+                              first_line=plan.first_line, source_id=source_id)
+        store.insert(conn, predictions_table, pd.DataFrame({
+            "source_id": source_id, "line": frame["line"], "time": frame["time"], "user_id": frame["user_id"],
+            "movie_key": _keys_for(store, conn, frame["movie_id"], {}), "model": frame["model"],
+            "prediction": frame["prediction"]}))
+        _store_rejects(store, conn, source_id, rejects)
+        span = result.lines if kind == "parquet" else piece.count(b"\n") + (not piece.endswith(b"\n"))
+        _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
     return result
 
 
@@ -427,14 +478,34 @@ def _store_ratings(store: st.Store, conn: Connection, source_id: int, ratings: p
 
 
 def _store_users(store: st.Store, conn: Connection, source_id: int, users: pd.DataFrame) -> None:
-    store.upsert(conn, st.users, users.assign(source_id=source_id), key="user_id")
+    """Users, each replacing what was stored of it: its typed columns, and the attributes this
+    source has columns for (an empty value clears one); attributes it has no column for stay."""
+    typed = list(formats.SCHEMAS["users"])
+    store.upsert(conn, st.users, users[typed].assign(source_id=source_id), key="user_id")
+    _store_attributes(store, conn, user_attributes, "user_id", users["user_id"], users, "users")
 
 
 def _store_movies(store: st.Store, conn: Connection, source_id: int, movies: pd.DataFrame, keys: dict) -> None:
-    frame = pd.DataFrame({"movie_key": _keys_for(store, conn, movies["movie_id"], keys),
+    """Movies as users are stored: typed columns replaced, attributes upserted by name."""
+    movie_keys = _keys_for(store, conn, movies["movie_id"], keys)
+    frame = pd.DataFrame({"movie_key": movie_keys,
                           "title": movies["title"], "year": movies["year"], "genres": movies["genres"],
                           "source_id": source_id})
     store.upsert(conn, st.movies, frame, key="movie_key")
+    _store_attributes(store, conn, movie_attributes, "movie_key", pd.Series(movie_keys), movies, "movies")
+
+
+def _store_attributes(store: st.Store, conn: Connection, table, key: str, ids: pd.Series, df: pd.DataFrame,
+                      kind: str) -> None:
+    """One row per entity (`ids`, in the order of `df`'s rows) and attribute column of `df`."""
+    names = formats.attribute_columns(df, kind)
+    if not names or df.empty:
+        return
+    store.upsert(conn, table, pd.DataFrame({
+        key: np.tile(ids.to_numpy(dtype=np.int64), len(names)),
+        "name": np.repeat(np.array(names, dtype=object), len(df)),
+        "value": np.concatenate([df[name].to_numpy(dtype=object) for name in names]),
+    }), key=[key, "name"])
 
 
 def _store_rejects(store: st.Store, conn: Connection, source_id: int, rejects: pd.DataFrame,

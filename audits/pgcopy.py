@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Integer, SmallInteger
+from sqlalchemy import BigInteger, Float, Integer, SmallInteger
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
@@ -54,6 +54,8 @@ def pg_kind(type_) -> str:
         return "int8"
     if isinstance(type_, Integer):
         return "int4"
+    if isinstance(type_, Float):  # a model's predictions
+        return "float8"
     return "text"
 
 

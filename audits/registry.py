@@ -14,6 +14,7 @@ AUDITS: dict[str, str] = {
     "fairness": "recaudit.audits.fairness:audit",
     "feedback": "recaudit.audits.feedback:audit",
     "online": "recaudit.audits.online:audit",
+    "exposure": "recaudit.audits.exposure:audit",
 }
 
 

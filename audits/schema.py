@@ -128,6 +128,17 @@ users = Table(
     Column("source_id", Integer, nullable=False),
 )
 
+# Attributes of users and movies beyond the ones typed above (a users.csv's `region`, MovieLens'
+# zip code, a movies.csv's `language`): text, one row per entity and attribute, so that any of
+# them can group users or movies without a schema change.
+user_attributes = Table(
+    "user_attributes", metadata,
+    Column("user_id", BigInteger, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("value", Text),
+    PrimaryKeyConstraint("user_id", "name"),
+)
+
 movies = Table(
     "movies", metadata,
     Column("movie_key", Integer, primary_key=True, autoincrement=False),
@@ -135,6 +146,14 @@ movies = Table(
     Column("year", Integer),
     Column("genres", Text),
     Column("source_id", Integer, nullable=False),
+)
+
+movie_attributes = Table(
+    "movie_attributes", metadata,
+    Column("movie_key", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("value", Text),
+    PrimaryKeyConstraint("movie_key", "name"),
 )
 
 def _event_table(name: str, *columns, primary_key: bool = False) -> Table:
@@ -164,6 +183,17 @@ recommendations = _event_table(
     Column("error", Text),
     primary_key=True,
 )
+
+# What a team's own model predicted a user would rate a movie, and when: the fairness audit
+# scores each rating with the latest prediction made before it by the model under audit.
+predictions = _event_table(
+    "predictions",
+    Column("movie_key", Integer, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("prediction", Float, nullable=False),
+    primary_key=True,
+)
+Index("predictions_lookup", predictions.c.model, predictions.c.user_id, predictions.c.movie_key, predictions.c.time)
 
 recommendation_items = Table(
     "recommendation_items", metadata,

@@ -53,7 +53,7 @@ def measure(n_users: int, n_movies: int, n_ratings: int, resamples: int) -> dict
     cfg = config.load()
     settings = {**cfg["fairness"], "resamples": resamples}
     started = time.perf_counter()
-    evaluated = fairness.evaluate(model, evaluation, users, cfg["groups"]["age"])
+    evaluated = fairness.evaluate(model, evaluation, users, cfg)
     predicted = time.perf_counter()
     ranking = fairness._ranking(model, evaluated, settings, rc.ranking_per_user)
     ranked = time.perf_counter()

@@ -2,12 +2,15 @@
 
     python benchmarks/ingest.py [--lines 1000000] [--postgres URL] [--workdir DIR]
 
-Simulates the scenario's world (27,000 movies) until the log has --lines lines, then runs each
-phase in its own process (so that peak memory is the phase's own):
+Simulates the scenario's world (27,000 movies) until the log has --lines lines, in both forms of
+the log (the same events as text lines and as JSON Lines), then runs each phase in its own process
+(so that peak memory is the phase's own):
 - yardstick: a plain loop of `re.match` per line that only returns tuples of strings (the fields
   of the three line kinds); also the plainer 3-field split, for reference;
-- parse: recsys.events into typed frames (datetimes, integers, categorical ids);
-- ingest into SQLite (a new file) and PostgreSQL (a new schema): parse + store, one transaction.
+- reference: the text form's per-line reference parser (`parse_line`), which JSON Lines must match;
+- parse: recsys.events into typed frames (datetimes, integers, categorical ids), of each form;
+- ingest into SQLite (a new file) and PostgreSQL (a new schema): parse + store, one transaction;
+  JSON Lines into SQLite too.
 Each phase runs --repeat times (default 3) and the median is reported. Prints a Markdown table;
 rows/s counts every row written (events, recommended items, quarantine).
 """
@@ -36,16 +39,18 @@ FIELDS = re.compile(
 SPLIT = re.compile(r"^([^,]*),([^,]*),(.*)$")
 
 
-def make_log(workdir: Path, lines: int) -> Path:
-    from recaudit.recsys.simulate import Config, simulate
+def make_log(workdir: Path, lines: int, log_format: str = "text") -> Path:
+    """The first `lines` lines of a simulated day, in the form `log_format` (the same events
+    in either form)."""
+    from recaudit.recsys.simulate import LOG_FILES, Config, simulate
 
-    log = workdir / f"events-{lines}.log"
+    log = workdir / f"events-{lines}{Path(LOG_FILES[log_format]).suffix}"
     if log.exists():
         return log
     # About 8.3 lines per user-day (the scenario's 8.3 M a day for 1 M users).
-    sim = workdir / "sim"
-    simulate(sim, Config(users=max(1000, int(lines / 7.5)), movies=27_000, days=1, seed=0))
-    with open(sim / "events.log", "rb") as src, open(log, "wb") as dst:
+    sim = workdir / f"sim-{log_format}"
+    simulate(sim, Config(users=max(1000, int(lines / 7.5)), movies=27_000, days=1, seed=0, log_format=log_format))
+    with open(sim / LOG_FILES[log_format], "rb") as src, open(log, "wb") as dst:
         for i, line in enumerate(src):
             if i == lines:
                 break
@@ -64,6 +69,13 @@ def phase(name: str, log: Path, url: str | None) -> dict:
         t0 = time.perf_counter()
         matched = [pattern.match(line).groups() for line in text.splitlines()]
         lines = len(matched)
+    elif name == "reference":
+        from recaudit.recsys.events import parse_line
+
+        with open(log, encoding="utf-8") as f:
+            text = f.read()
+        t0 = time.perf_counter()
+        lines = len([parse_line(line) for line in text.splitlines()])
     elif name == "parse":  # chunk by chunk, as ingestion reads a log
         from recaudit.recsys.events import open_log, parse_stream
 
@@ -131,11 +143,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        log = make_log(workdir, args.lines)
-        megabytes = log.stat().st_size / 1e6
-        results = [run_phase(p, log, None, args.repeat) for p in ("split", "yardstick", "parse")]
+        log, json_log = make_log(workdir, args.lines), make_log(workdir, args.lines, "jsonl")
+        megabytes, json_megabytes = log.stat().st_size / 1e6, json_log.stat().st_size / 1e6
+        results = [run_phase(p, log, None, args.repeat) for p in ("split", "yardstick", "reference", "parse")]
+        results.append({**run_phase("parse", json_log, None, args.repeat), "phase": "parse JSON Lines"})
         new_sqlite = lambda: f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"  # noqa: E731
         results.append({**run_phase("ingest", log, new_sqlite, args.repeat), "phase": "ingest SQLite"})
+        results.append({**run_phase("ingest", json_log, new_sqlite, args.repeat), "phase": "ingest SQLite JSON Lines"})
         for db in workdir.glob("bench-*.db*"):
             db.unlink()
         if args.postgres:
@@ -153,7 +167,8 @@ def main() -> None:
                     drop_schema(args.postgres, schema)
 
     yard = next(r for r in results if r["phase"] == "yardstick")
-    print(f"{args.lines:,} simulated log lines ({megabytes:.0f} MB), Python {sys.version.split()[0]}\n")
+    print(f"{args.lines:,} simulated log lines ({megabytes:.0f} MB as text, {json_megabytes:.0f} MB as JSON Lines), "
+          f"Python {sys.version.split()[0]}\n")
     print(f"median of {args.repeat} runs per phase, each in a fresh process\n")
     print("| phase | lines/s | rows/s | × yardstick | seconds (all runs) | peak memory |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -10,6 +10,7 @@ data at hand, and returns an `AuditResult`: the metrics, the findings and a page
 `drift`           how a current window of data differs from a reference one
 `feedback`        concentration of recommendations and the loop between them and ratings
 `online`          availability, latency and success of recommendation requests
+`exposure`        what the recommender serves each group of users and shows of each group of movies
 `validate`        the data contracts (expectation suites) over a log's frames
 `AuditResult`     what an audit returns: metrics, findings, details
 `Finding`         one thing a human should look at, in words, with its number
@@ -26,7 +27,7 @@ Examples
 'recaudit.audits.fairness'
 """
 
-__all__ = ["read_log", "fairness", "drift", "feedback", "online", "validate", "AuditResult", "Finding"]
+__all__ = ["read_log", "fairness", "drift", "feedback", "online", "exposure", "validate", "AuditResult", "Finding"]
 
 _HOMES = {  # each public name: the module that defines it
     "read_log": "recaudit.recsys.events",
@@ -34,6 +35,7 @@ _HOMES = {  # each public name: the module that defines it
     "drift": "recaudit.audits.drift",
     "feedback": "recaudit.audits.feedback",
     "online": "recaudit.audits.online",
+    "exposure": "recaudit.audits.exposure",
     "validate": "recaudit.audits.validation",
     "AuditResult": "recaudit.audits.result",
     "Finding": "recaudit.audits.result",

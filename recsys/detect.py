@@ -12,10 +12,11 @@ import os
 import stat
 from pathlib import Path
 
+from recaudit.recsys import predictions
 from recaudit.recsys.formats import MOVIES_HEADER, USERS_HEADER, InputError
 from recaudit.recsys.movielens import detect_version
 
-EVENT_LOG_SUFFIXES = (".log", ".log.gz", ".txt", ".txt.gz", ".gz")
+EVENT_LOG_SUFFIXES = (".log", ".log.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".gz")
 GZIP_MAGIC = b"\x1f\x8b"
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-32's BOMs begin with these too
 
@@ -24,11 +25,21 @@ def _header(first_line: bytes) -> list[str]:
     return [c.strip() for c in first_line.decode("utf-8-sig", "replace").strip().lower().split(",")]
 
 
+def _table_kind(header: list[str]) -> str | None:
+    """users or movies for a header that starts with their typed columns (attributes may follow)."""
+    for name, typed in (("users", USERS_HEADER), ("movies", MOVIES_HEADER)):
+        if header[:len(typed)] == typed:
+            return name
+    return None
+
+
 def kind(path: str | Path) -> str:
-    """What a path holds: ``events``, ``users``, ``movies``, ``movielens`` or ``directory``.
+    """What a path holds: ``events``, ``users``, ``movies``, ``predictions``, ``movielens`` or
+    ``directory``.
 
     Files are told apart by their first line, not their name: a CSV with the users or movies
-    header, otherwise an event log. A directory with MovieLens's files is ``movielens``; any
+    header, a predictions file (a CSV header or a first JSON line with its columns, or Parquet),
+    otherwise an event log. A directory with MovieLens's files is ``movielens``; any
     other directory is ``directory`` (its files are detected one by one). A path that cannot
     be read raises InputError with the OS's reason (permission denied, a symlink loop, ...).
     """
@@ -54,27 +65,31 @@ def kind(path: str | Path) -> str:
         if first and not first.startswith(GZIP_MAGIC):
             raise InputError(p, "cannot be read: not gzip-compressed, though its name ends in .gz")
         return "events"
+    if p.suffix.lower() == ".parquet" and not first.startswith(predictions.PARQUET_MAGIC):
+        raise InputError(p, "cannot be read: not Parquet, though its name ends in .parquet")
+    if predictions.format_of(first):  # a predictions CSV or JSON Lines by its first line, or Parquet
+        return "predictions"
     if first.startswith(UTF16_BOMS) or b"\0" in first:
         # UTF-16 (Excel's "Unicode text", Windows PowerShell's default): an ASCII header with
         # NULs between its letters. Telling the user the header is wrong would send them astray.
         plain = _header(first.removeprefix(codecs.BOM_UTF16_LE).removeprefix(codecs.BOM_UTF16_BE)
                         .replace(b"\0", b""))
-        if p.suffix.lower() == ".csv" or plain in (USERS_HEADER, MOVIES_HEADER):
+        if p.suffix.lower() == ".csv" or _table_kind(plain):
             raise InputError(p, "not UTF-8: it looks like UTF-16 (save it as UTF-8)", line=1)
         return "events"  # another binary file: as before, a log (in a directory, kept only if named like one)
-    header = _header(first)
-    if header == USERS_HEADER:
-        return "users"
-    if header == MOVIES_HEADER:
-        return "movies"
+    table = _table_kind(_header(first))
+    if table:
+        return table
     if p.suffix.lower() == ".csv":  # a CSV named so but with another header is a mistake, not a log
-        raise InputError(p, f"expected the header {','.join(USERS_HEADER)} or {','.join(MOVIES_HEADER)}", line=1)
+        raise InputError(p, f"expected the header {','.join(USERS_HEADER)} or {','.join(MOVIES_HEADER)} "
+                            "(then any attribute columns)", line=1)
     return "events"
 
 
 def directory_files(path: str | Path) -> list[tuple[str, Path]]:
-    """The files of a stream-world directory in ingest order: users, movies, then event logs."""
-    order = {"users": 0, "movies": 1, "events": 2}
+    """The files of a stream-world directory in ingest order: users, movies, event logs, then
+    predictions files."""
+    order = {"users": 0, "movies": 1, "events": 2, "predictions": 3}
     found = []
     for p in sorted(Path(path).iterdir()):
         if p.is_file() and not p.name.startswith("."):

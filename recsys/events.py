@@ -5,6 +5,9 @@ canonical form: printable ASCII, each field where the format puts it. Every othe
 `parse_line`, a per-line regular-expression parser that is the definition of the format and
 names the reason for each reject. A property test holds the fast path to `parse_line`.
 
+The log has a second form, JSON Lines (one object per line), told apart line by line by its
+first character: `parse_json_line` defines it, with the text form's field rules and reasons.
+
 Times are UTC and come back as naive ``datetime64[ns]``; the log's ISO-8601 timestamps carry
 no zone (a trailing ``Z`` is accepted). Nothing is dropped: every non-blank line ends in exactly
 one of the frames (a recommendation's items go to ``items``, keyed by its line).
@@ -13,6 +16,7 @@ one of the frames (a recommendation's items go to ``items``, keyed by its line).
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -109,6 +113,10 @@ RATE_RE = re.compile(r"GET /rate/([^/,\s]+)=(.*)\Z", re.ASCII)
 RATING_RE = re.compile(r"[1-5]\Z", re.ASCII)
 REC_RE = re.compile(r"recommendation request ([^,\s]+), status (\d{1,3}), result: (.*), (\d{1,9}) ms\Z",
                     re.S | re.ASCII)
+_SLUG_BAD = r"[/,\s]"  # a movie id holds none of these (the [^/,\s]+ above)
+_SERVER_BAD = r"[,\s]"
+# A byte order mark opening a line is ignored: Windows tools write one at the start of a file.
+BOM = "\ufeff"
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
 
 
@@ -138,6 +146,7 @@ def parse_line(text: str) -> tuple[str, tuple]:
     """
     if not text.strip(BLANK):
         return "blank", ()
+    text = text.removeprefix(BOM)
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         return "reject", ("control character in line",)
     parts = text.split(",", 2)
@@ -174,6 +183,160 @@ def parse_line(text: str) -> tuple[str, tuple]:
             return "recommend", (t, uid, server, status, latency, items, None)
         return "recommend", (t, uid, server, status, latency, [], result)
     return "reject", ("unknown request",)
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON Lines form: one object per line.
+#
+#   {"time": "2024-02-27T18:45:18", "user_id": 156972, "event": "watch", "movie_id": "batman+begins+2005", "minute": 91}
+#
+# A line whose first character (after a byte order mark and spaces) is `{`, `[` or `"` is JSON;
+# a text line begins with a digit of its timestamp, so a log may mix the forms line by line.
+# The fields obey the text form's rules, so an event stores the same rows in either form, and
+# a fault that both forms can have gets the text form's reason. JSON's own types are strict: a
+# number in quotes, a fraction or a boolean is not an integer. Keys the format does not name
+# (a request id, say) are ignored.
+
+JSON_FIRST = b'{["'
+MAX_USER_ID = 10**18 - 1  # USER_RE's 18 digits
+MAX_COUNT = 10**9 - 1  # minutes and latencies: WATCH_RE's and REC_RE's 9 digits
+MAX_STATUS = 999
+_SLUG_BAD_RE = re.compile(_SLUG_BAD, re.ASCII)
+_SERVER_BAD_RE = re.compile(_SERVER_BAD, re.ASCII)
+_RAW_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab aside: it is JSON whitespace
+_ESCAPED_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # "\ud800" decodes to a lone surrogate: not Unicode text
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json keeps the last value silently: which one the writer meant is unknown
+        raise _DuplicateKey()
+    return obj
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+_SCAN = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant).scan_once
+_JSON_SPACE = " \t\r"  # JSON's whitespace within a line
+
+
+def _json_value(text: str):
+    """The JSON value a whole line holds (what json.loads does, minus its wrappers: a line
+    is short and there are millions)."""
+    start = 0 if text[:1] == "{" else len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        value, end = _SCAN(text, start)
+    except StopIteration:  # no value where one must start
+        raise ValueError("no JSON value") from None
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
+def is_json_line(text: str) -> bool:
+    """Whether a line is in the JSON Lines form (by its first character)."""
+    return text.removeprefix(BOM).lstrip(" \t")[:1] in ("{", "[", '"')
+
+
+def _is_slug(value) -> bool:
+    return type(value) is str and value != "" and not _SLUG_BAD_RE.search(value)
+
+
+def _is_count(value, top: int) -> bool:
+    return type(value) is int and 0 <= value <= top  # type(), not isinstance(): True is an int
+
+
+def _escaped_fault(obj: dict) -> str | None:
+    """What an escape smuggled into the strings of an object, if anything: a lone surrogate
+    (no UTF-8 encodes it) or a control character (the text form refuses both)."""
+    strings = [v for v in obj.values() if type(v) is str]
+    strings += [x for v in obj.values() if type(v) is list for x in v if type(x) is str]
+    if any(_SURROGATE.search(x) for x in strings):
+        return "not UTF-8"
+    if any(_ESCAPED_CONTROL.search(x) for x in strings):
+        return "control character in line"
+    return None
+
+
+def _decode_json(text: str) -> tuple[str, str | None, tuple]:
+    """``(kind, time text, fields)`` of a JSON line, its timestamp left unread (so that a whole
+    piece's are read at once); a reject's fields are ``(reason,)``. A time text is returned
+    whenever the line has one: a bad timestamp outranks every later reason, as in `parse_line`."""
+    if _RAW_CONTROL.search(text):
+        return "reject", None, ("control character in line",)
+    try:
+        obj = _json_value(text.removeprefix(BOM))
+    except _DuplicateKey:
+        return "reject", None, ("duplicate JSON key",)
+    except RecursionError:
+        return "reject", None, ("JSON nested too deeply",)
+    except ValueError:  # JSONDecodeError, NaN and Infinity, integers of over 4,300 digits
+        return "reject", None, ("malformed JSON",)
+    if type(obj) is not dict:
+        return "reject", None, ("not a JSON object",)
+    if "\\" in text:
+        fault = _escaped_fault(obj)
+        if fault:
+            return "reject", None, (fault,)
+    ts = obj.get("time")
+    if type(ts) is not str:
+        return "reject", None, ("bad timestamp",)
+    uid = obj.get("user_id")
+    if not _is_count(uid, MAX_USER_ID):
+        return "reject", ts, ("bad user id",)
+    event = obj.get("event")
+    if event == "watch":
+        movie, minute = obj.get("movie_id"), obj.get("minute")
+        if not (_is_slug(movie) and _is_count(minute, MAX_COUNT)):
+            return "reject", ts, ("malformed watch request",)
+        return "watch", ts, (uid, movie, minute)
+    if event == "rate":
+        if "rating" not in obj:
+            return "reject", ts, ("missing rating",)
+        movie, rating = obj.get("movie_id"), obj["rating"]
+        if not _is_slug(movie):
+            return "reject", ts, ("malformed rate request",)
+        if type(rating) is not int or not 1 <= rating <= 5:
+            return "reject", ts, ("rating not an integer 1-5",)
+        return "rate", ts, (uid, movie, rating)
+    if event == "recommend":
+        if "result" not in obj:
+            return "reject", ts, ("missing result:",)
+        server, status, latency, result = obj.get("server"), obj.get("status"), obj.get("latency_ms"), obj["result"]
+        ok = (type(server) is str and server != "" and not _SERVER_BAD_RE.search(server)
+              and _is_count(status, MAX_STATUS) and _is_count(latency, MAX_COUNT))
+        if ok and status == STATUS_OK and type(result) is list and all(_is_slug(m) for m in result):
+            return "recommend", ts, (uid, server, status, latency, result, None)
+        if ok and status != STATUS_OK and type(result) is str:
+            return "recommend", ts, (uid, server, status, latency, [], result)
+        return "reject", ts, ("malformed recommendation line",)
+    return "reject", ts, ("unknown request",)
+
+
+def parse_json_line(text: str) -> tuple[str, tuple]:
+    """Parse one JSON line (without its newline) into ``(kind, fields)``, as `parse_line` does
+    a text line: the same kinds, fields and, for the same fault, the same reason.
+
+    Its own reasons: ``malformed JSON`` (which a truncated line is), ``duplicate JSON key``,
+    ``JSON nested too deeply`` and ``not a JSON object``. A missing or ill-typed field is the
+    text form's reason for that field (``bad timestamp``, ``bad user id``, ``missing rating``,
+    ``malformed watch request``, ...); a timestamp must be a string.
+    """
+    kind, ts, fields = _decode_json(text)
+    if ts is not None:
+        t = parse_time(ts)
+        if t is None:
+            return "reject", ("bad timestamp",)
+        if kind != "reject":
+            return kind, (t, *fields)
+    return kind, fields
 
 
 def format_recommendation(time: datetime, user_id: int, server: str, status: int, latency_ms: int,
@@ -240,7 +403,8 @@ def read_log(path: str | Path) -> ParsedEvents:
     Parameters
     ----------
     path : str or pathlib.Path
-        An event log: ``time,user_id,event`` lines; ``.gz`` is decompressed, ``-`` is
+        An event log: ``time,user_id,event`` lines or JSON Lines (one object per line, told
+        apart line by line; see `parse_json_line`); ``.gz`` is decompressed, ``-`` is
         standard input.
 
     Returns
@@ -513,10 +677,11 @@ def _fast_time(b: _Buffer, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _lines_with_odd_bytes(b: "_Buffer", s: np.ndarray, e: np.ndarray) -> np.ndarray:
     """Lines holding a byte outside printable ASCII (newlines and a final CR aside): rare, so
-    found from their positions rather than by counting every line."""
+    found from their positions rather than by counting every line. `s` may be some of the
+    chunk's lines (those of the text form)."""
     pos = b.odd
     line = np.searchsorted(s, pos, side="right") - 1
-    inside = pos < e[line]
+    inside = (line >= 0) & (pos < e[np.maximum(line, 0)])
     odd = np.zeros(len(s), dtype=bool)
     odd[line[inside]] = True
     return odd
@@ -544,21 +709,40 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     if len(s) == 0:
         return ParsedEvents(*(frame(name) for name in SCHEMAS))
 
-    # Bytes only the reference parser may judge: control characters, DEL, anything not ASCII.
-    odd = _lines_with_odd_bytes(b, s, e)
     blank = e == s
     maybe = np.flatnonzero(~blank & np.isin(b.buf[s], _pattern(BLANK.encode())))
     blank[maybe] = [not data[i:j].strip(BLANK.encode()) for i, j in zip(s[maybe], e[maybe])]
+    # The form of each line by its first byte (a JSON line after a byte order mark or spaces
+    # takes the text path to `_parse_slow`, which tells it apart too).
+    is_json = np.isin(b.buf[s], _pattern(JSON_FIRST))
+    parts = []
+    text = np.flatnonzero(~blank & ~is_json)
+    if len(text):
+        parts.append(_parse_text(b, s[text], e[text], line_no[text], source))
+    json_rows = np.flatnonzero(is_json)
+    if len(json_rows):
+        parts.append(_parse_json(data, s[json_rows], e[json_rows], line_no[json_rows], source))
+    out = ParsedEvents.concat(parts) if parts else ParsedEvents(*(frame(name) for name in SCHEMAS))
+    out.lines, out.span = int((~blank).sum()), len(s)
+    out.text = lambda lines: [data[a:z].decode("utf-8", "backslashreplace")
+                              for a, z in zip(s[lines - first_line], e[lines - first_line])]
+    return out
+
+
+def _parse_text(b: _Buffer, s: np.ndarray, e: np.ndarray, line_no: np.ndarray, source: str) -> ParsedEvents:
+    """The vectorised path over the non-blank text lines of a chunk, from `s` to `e`."""
+    # Bytes only the reference parser may judge: control characters, DEL, anything not ASCII.
+    odd = _lines_with_odd_bytes(b, s, e)
 
     # Every fixed part of a line is compared byte for byte below; the variable parts (slugs,
     # server names) are checked once per distinct value in `_strings_or_slow`.
     t, c1, ok = _fast_time(b, s)
-    ok &= ~odd & ~blank & (e - s >= 22)
+    ok &= ~odd & (e - s >= 22)
     user, user_len, after = _leading_number(b, c1 + 1, 18)
     c2 = c1 + 1 + user_len
     ok &= (user_len >= 1) & (user_len <= 18) & (after == ord(",")) & (c2 < e)
     body = c2 + 1
-    slow = [np.flatnonzero(~ok & ~blank)]
+    slow = [np.flatnonzero(~ok)]
 
     # GET /data/m/<slug>/<minute>.mpg
     tail = b.word(np.maximum(e - 8, 0))  # ends "<minute>.mpg": the minute's end and ".mpg"
@@ -591,15 +775,8 @@ def parse_bytes(data: bytes, source: str = "<bytes>", first_line: int = 1) -> Pa
     slow = np.concatenate(slow + [rest[~is_rc]])
     if len(slow):
         slow.sort()
-        out = ParsedEvents.concat([out, _parse_slow(data, s[slow], e[slow], line_no[slow], source)])
-    out.lines, out.span = int((~blank).sum()), len(s)
-    out.text = lambda lines: [data[a:z].decode("utf-8", "backslashreplace")
-                              for a, z in zip(s[lines - first_line], e[lines - first_line])]
+        out = ParsedEvents.concat([out, _parse_slow(b.data, s[slow], e[slow], line_no[slow], source)])
     return out
-
-
-_SLUG_BAD = r"[/,\s]"  # a movie id holds none of these (`parse_line`'s [^/,\s]+)
-_SERVER_BAD = r"[,\s]"
 
 
 def _strings_or_slow(b: _Buffer, a, z, rows, bad: str, slow: list) -> tuple[pd.Categorical, np.ndarray]:
@@ -709,7 +886,7 @@ def _parse_slow(data: bytes, starts, ends, lines, source: str) -> ParsedEvents:
         except UnicodeDecodeError:
             rows["reject"].append((source, ln, raw.decode("utf-8", "backslashreplace"), "not UTF-8"))
             continue
-        kind, f = parse_line(text)
+        kind, f = (parse_json_line if is_json_line(text) else parse_line)(text)
         if kind == "reject":
             rows["reject"].append((source, ln, text, f[0]))
         elif kind == "recommend":
@@ -718,12 +895,78 @@ def _parse_slow(data: bytes, starts, ends, lines, source: str) -> ParsedEvents:
             items.extend((ln, rank, m) for rank, m in enumerate(its, 1))
         else:
             rows[kind].append((ln, *f))
+    return _from_rows(rows, items)
+
+
+def _parse_json(data: bytes, starts, ends, lines, source: str) -> ParsedEvents:
+    """The JSON lines of a piece: `_decode_json` line by line, then every timestamp at once with
+    the text path's byte-level reader; the same answer as `parse_json_line` on each line."""
+    decoded, rejects = [], []
+    for a, z, ln in zip(starts.tolist(), ends.tolist(), lines.tolist()):
+        raw = data[a:z]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rejects.append((source, ln, raw.decode("utf-8", "backslashreplace"), "not UTF-8"))
+            continue
+        kind, ts, fields = _decode_json(text)
+        if ts is None:
+            rejects.append((source, ln, text, fields[0]))
+        else:
+            decoded.append((kind, ln, ts, fields, text))
+    ns, valid = _parse_times([d[2] for d in decoded])
+    rows: dict[str, list] = {"watch": [], "rate": [], "recommend": [], "reject": rejects}
+    items: list[tuple] = []
+    for (kind, ln, _, fields, text), t, good in zip(decoded, ns.tolist(), valid.tolist()):
+        if not good:
+            rejects.append((source, ln, text, "bad timestamp"))
+        elif kind == "reject":
+            rejects.append((source, ln, text, fields[0]))
+        elif kind == "recommend":
+            uid, server, status, latency, its, error = fields
+            rows["recommend"].append((ln, t, uid, server, status, latency, len(its), error))
+            items.extend((ln, rank, m) for rank, m in enumerate(its, 1))
+        else:
+            rows[kind].append((ln, t, *fields))
+    rejects.sort(key=lambda r: r[1])
+    return _from_rows(rows, items)
+
+
+def _parse_times(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Nanoseconds since the epoch of each text and whether it is a log timestamp: `_fast_time`
+    over all of them joined by commas (as in a text line), `parse_time` for those it refuses."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    starts = np.cumsum(lengths + 1) - lengths - 1
+    # One byte per character, so that offsets hold: a character outside ASCII becomes "?",
+    # which no timestamp has, and the text goes to parse_time, which refuses it too.
+    ns, comma, ok = _fast_time(_Buffer((",".join(texts) + ",").encode("ascii", "replace")), starts)
+    ok &= comma == starts + lengths
+    for i in np.flatnonzero(~ok).tolist():
+        t = parse_time(texts[i])
+        if t is not None:
+            ns[i], ok[i] = t, True
+    return ns, ok
+
+
+def _from_rows(rows: dict[str, list], items: list[tuple]) -> ParsedEvents:
+    """The frames of a piece from rows of the reference parsers' fields (times in ns)."""
 
     def from_rows(name: str, data_rows: list[tuple]) -> pd.DataFrame:
-        columns = list(SCHEMAS[name])
-        values = dict(zip(columns, zip(*data_rows))) if data_rows else {}
-        if "time" in values:
-            values["time"] = _times(np.array(values["time"], dtype=np.int64))
+        if not data_rows:
+            return frame(name)
+        table = np.array(data_rows, dtype=object)  # one row per tuple: columns without zip(*rows)
+        values = {}
+        for j, (column, dtype) in enumerate(SCHEMAS[name].items()):
+            if dtype == _C:
+                values[column] = pd.Categorical(table[:, j])
+            elif dtype == _O:
+                values[column] = table[:, j]
+            else:
+                values[column] = table[:, j].astype(np.int64)
+                if dtype == _T:
+                    values[column] = _times(values[column])
         return frame(name, **values)
 
     return ParsedEvents(from_rows("watches", rows["watch"]), from_rows("ratings", rows["rate"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zlib
 from pathlib import Path
 
@@ -16,6 +17,12 @@ import pandas as pd
 
 USERS_HEADER = ["user_id", "age", "gender", "occupation"]
 MOVIES_HEADER = ["movie_id", "title", "year", "genres"]
+# Columns after the header's typed ones are attributes, kept as text (a users.csv's `region`, a
+# movies.csv's `language`). An attribute is named like a Python identifier in lower case, and never
+# like a typed column (nor `age_group` or `sex`, the names the audits give users' groups), so that
+# a users frame holds each under its own name and a dimension names one thing.
+ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*", re.ASCII)
+TYPED = {"users": (*USERS_HEADER, "age_group", "sex"), "movies": tuple(MOVIES_HEADER)}
 
 SCHEMAS = {
     # age_group is set only where the source fixes the group itself (MovieLens-1M "under 18");
@@ -59,11 +66,21 @@ class InputError(Exception):
         return f"{where}: {self.reason}"
 
 
-def frame(name: str, rows: list[tuple] | None = None) -> pd.DataFrame:
-    """An empty or filled frame of one of the SCHEMAS."""
+def frame(name: str, rows: list[tuple] | None = None, attributes: list[str] | tuple = ()) -> pd.DataFrame:
+    """An empty or filled frame of one of the SCHEMAS; users and movies may carry `attributes`
+    after the typed columns, as text (None where not given)."""
     schema = SCHEMAS[name]
-    df = pd.DataFrame(rows or [], columns=list(schema))
-    return df.astype(schema)
+    df = pd.DataFrame(rows or [], columns=[*schema, *attributes])
+    return df.astype({**schema, **dict.fromkeys(attributes, object)})
+
+
+def attribute_name_problem(name: str, kind: str) -> str | None:
+    """Why `name` cannot name an attribute of `kind` (users or movies), or None when it can."""
+    if not ATTRIBUTE_NAME.fullmatch(name):
+        return "an attribute's name is lower-case letters, digits and _, starting with a letter"
+    if name in TYPED[kind]:
+        return f"{name!r} is a typed column of {kind} ({', '.join(TYPED[kind])}), not an attribute"
+    return None
 
 
 class RowError(ValueError):
@@ -79,9 +96,10 @@ def _int(text: str, what: str, lo: int | None = None) -> int:
     return int(text)
 
 
-def _read_csv(path: Path, header: list[str], data: bytes | None = None) -> list[tuple[int, str, list[str]]]:
-    """Rows of a CSV file (or of its `data`, already read) with their line numbers and raw text,
-    after checking its header."""
+def _read_csv(path: Path, header: list[str], kind: str,
+              data: bytes | None = None) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
+    """The attribute names of a CSV file (or of its `data`, already read), the columns after the
+    typed `header`, and its rows with their line numbers and raw text."""
     try:
         text = (path.read_bytes() if data is None else data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -91,8 +109,17 @@ def _read_csv(path: Path, header: list[str], data: bytes | None = None) -> list[
     lines = text.splitlines()
     reader = csv.reader(io.StringIO(text))
     first = next(reader, None)
-    if first is None or [c.strip().lower() for c in first] != header:
-        raise InputError(path, f"expected the header {','.join(header)}", line=1)
+    names = [c.strip().lower() for c in first or []]
+    if names[:len(header)] != header:
+        raise InputError(path, f"expected the header {','.join(header)}, then any attribute columns", line=1)
+    attributes = names[len(header):]
+    for i, name in enumerate(attributes):
+        problem = attribute_name_problem(name, kind)
+        if name in attributes[:i]:
+            problem = "named twice"
+        if problem:
+            raise InputError(path, f"column {len(header) + i + 1} ({first[len(header) + i].strip()!r}): {problem}",
+                             line=1)
     rows = []
     start = reader.line_num
     for fields in reader:
@@ -101,20 +128,23 @@ def _read_csv(path: Path, header: list[str], data: bytes | None = None) -> list[
         if raw.strip():
             rows.append((start + 1, raw, fields))
         start = end
-    return rows
+    return attributes, rows
 
 
 def _read_table(path: str | Path, name: str, header: list[str], parse,
                 data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A CSV file into (rows of SCHEMAS[name], rejects); `parse` turns fields into a row or
-    raises RowError. The first field is a key: a repeated key is a reject."""
+    """A CSV file into (rows of SCHEMAS[name] and its attribute columns, rejects); `parse` turns
+    the typed fields into a row or raises RowError. The first field is a key: a repeated key is a
+    reject. An attribute's value is its text, stripped; an empty one is not given (None)."""
     good, bad, seen = [], [], {}
     source = str(path)
-    for line, raw, fields in _read_csv(Path(path), header, data):
+    attributes, rows = _read_csv(Path(path), header, name, data)
+    width = len(header) + len(attributes)
+    for line, raw, fields in rows:
         try:
-            if len(fields) != len(header):
-                raise RowError(f"expected {len(header)} fields, got {len(fields)}")
-            row = parse(fields)
+            if len(fields) != width:
+                raise RowError(f"expected {width} fields, got {len(fields)}")
+            row = parse(fields[:len(header)]) + tuple(v.strip() or None for v in fields[len(header):])
             if row[0] in seen:
                 raise RowError(f"duplicate {header[0]} (first at line {seen[row[0]]})")
         except RowError as exc:
@@ -122,7 +152,7 @@ def _read_table(path: str | Path, name: str, header: list[str], parse,
             continue
         seen[row[0]] = line
         good.append(row)
-    return frame(name, good), frame("rejects", bad)
+    return frame(name, good, attributes), frame("rejects", bad)
 
 
 def _user(f: list[str]) -> tuple:
@@ -138,19 +168,26 @@ def _movie(f: list[str]) -> tuple:
 
 
 def read_users_csv(path: str | Path, data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """users.csv (user_id,age,gender,occupation) into (users, rejects); `data` is its content
-    when the caller has read it already."""
+    """users.csv (user_id,age,gender,occupation, then any attribute columns) into (users,
+    rejects); `data` is its content when the caller has read it already. The users frame has
+    the typed columns of SCHEMAS, then one text column per attribute."""
     return _read_table(path, "users", USERS_HEADER, _user, data)
 
 
 def read_movies_csv(path: str | Path, data: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """movies.csv (movie_id,title,year,genres) into (movies, rejects); `data` as for users."""
+    """movies.csv (movie_id,title,year,genres, then any attribute columns) into (movies,
+    rejects); `data` as for users."""
     return _read_table(path, "movies", MOVIES_HEADER, _movie, data)
 
 
+def attribute_columns(df: pd.DataFrame, kind: str) -> list[str]:
+    """The attribute columns of a users or movies frame: those after its typed ones."""
+    return [c for c in df.columns if c not in SCHEMAS[kind]]
+
+
 def write_users_csv(users: pd.DataFrame, path: str | Path) -> None:
-    users[USERS_HEADER].to_csv(path, index=False, lineterminator="\n")
+    users[USERS_HEADER + attribute_columns(users, "users")].to_csv(path, index=False, lineterminator="\n")
 
 
 def write_movies_csv(movies: pd.DataFrame, path: str | Path) -> None:
-    movies[MOVIES_HEADER].to_csv(path, index=False, lineterminator="\n")
+    movies[MOVIES_HEADER + attribute_columns(movies, "movies")].to_csv(path, index=False, lineterminator="\n")

@@ -40,6 +40,7 @@ OCCUPATIONS_1M = ("other", "academic/educator", "artist", "clerical/admin", "col
 # which spans children and teenagers and so fixes the group instead of an age.
 AGES_1M = {1: (None, "under_18"), 18: (18, None), 25: (25, None), 35: (35, None),
            45: (45, None), 50: (50, None), 56: (56, None)}
+USER_ATTRIBUTES = ("zip_code",)  # the users' fields beyond the typed ones, kept as attributes
 
 MAX_INT = 2**63 - 1
 MAX_SECONDS = MAX_INT // 10**9  # the last second datetime64[ns] can hold
@@ -53,7 +54,8 @@ _BLANK_BYTES = BLANK.encode()
 
 @dataclass
 class MovieLens:
-    """One MovieLens directory as frames, with the SHA-256 and size of exactly the bytes read."""
+    """One MovieLens directory as frames, with the SHA-256 and size of exactly the bytes read.
+    The users frame carries the zip code as the attribute `zip_code`."""
 
     version: str
     users: pd.DataFrame
@@ -86,7 +88,7 @@ def load(path: str | Path) -> MovieLens:
     movies, movie_rejects = _read_rows(files[1], parse_movie, "movie id", digest)
     ratings, rating_rejects = _read_ratings(files[2], sep, digest)
     rejects = frame("rejects", user_rejects + movie_rejects + rating_rejects)
-    return MovieLens(version=version, users=frame("users", users), movies=frame("movies", movies),
+    return MovieLens(version=version, users=frame("users", users, USER_ATTRIBUTES), movies=frame("movies", movies),
                      ratings=ratings, rejects=rejects, fingerprint=digest.sha.hexdigest(), size=digest.size)
 
 
@@ -133,12 +135,12 @@ def _title_year(title: str) -> tuple[str, int | None]:
 
 
 def _user_100k(raw: str) -> tuple:
-    uid, age, gender, occupation, _zip = _fields(raw, "|", 5)
-    return _int(uid, "user id"), _int(age, "age"), None, gender.strip(), occupation.strip()
+    uid, age, gender, occupation, zip_code = _fields(raw, "|", 5)
+    return _int(uid, "user id"), _int(age, "age"), None, gender.strip(), occupation.strip(), zip_code.strip() or None
 
 
 def _user_1m(raw: str) -> tuple:
-    uid, gender, age_code, occupation_code, _zip = _fields(raw, "::", 5)
+    uid, gender, age_code, occupation_code, zip_code = _fields(raw, "::", 5)
     uid = _int(uid, "user id")
     code = _int(age_code, "age code")
     if code not in AGES_1M:
@@ -147,7 +149,7 @@ def _user_1m(raw: str) -> tuple:
     occupation = _int(occupation_code, "occupation code")
     if occupation >= len(OCCUPATIONS_1M):
         raise RowError(f"unknown occupation code {occupation}")
-    return uid, age, age_group, gender.strip(), OCCUPATIONS_1M[occupation]
+    return uid, age, age_group, gender.strip(), OCCUPATIONS_1M[occupation], zip_code.strip() or None
 
 
 def _movie_100k(raw: str) -> tuple:

@@ -11,7 +11,9 @@ Faults (`inject`) start on the middle day and change exactly what they name:
   recommendation lists, unknown movie ids;
 - drift: more young users, a different genre mix, inflated ratings;
 - fairness: ratings by women and by seniors become noisier;
-- feedback: the policy retrains daily on its own exposure, so exposure concentrates.
+- feedback: the policy retrains daily on its own exposure, so exposure concentrates;
+- starve: the policy stops showing movies of one genre (STARVED_GENRE), which users keep
+  watching on their own.
 Same arguments, same bytes: every random choice comes from the seed.
 """
 
@@ -27,16 +29,18 @@ import pandas as pd
 
 from recaudit.recsys import formats
 
-INJECTIONS = ("corrupt", "drift", "fairness", "feedback")
+INJECTIONS = ("corrupt", "drift", "fairness", "feedback", "starve")
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
           "War", "Western"]
 GENRE_WEIGHTS = np.array([8, 5, 3, 3, 10, 5, 2, 12, 3, 1, 4, 1, 3, 6, 4, 6, 2, 1], dtype=float)
 DRIFT_GENRES = ("Horror", "Animation", "Sci-Fi")
+STARVED_GENRE = "Romance"  # the genre the starve fault stops recommending
 OCCUPATIONS = ["other", "academic/educator", "artist", "clerical/admin", "college/grad student",
                "customer service", "doctor/health care", "executive/managerial", "homemaker",
                "lawyer", "programmer", "sales/marketing", "scientist", "self-employed",
                "technician/engineer", "tradesman/craftsman", "unemployed", "writer"]
+REGIONS, REGION_SHARES = ("north", "south", "east", "west"), (0.35, 0.3, 0.2, 0.15)  # users.csv's attribute
 # Age bands and their shares of the population: child, teen, young adult, middle-aged, senior.
 AGE_BANDS = [(6, 12, 0.03), (13, 17, 0.08), (18, 34, 0.45), (35, 54, 0.32), (55, 85, 0.12)]
 HOUR_WEIGHTS = np.array([3, 2, 1, 1, 1, 1, 2, 3, 4, 4, 4, 5, 6, 5, 5, 5, 6, 8, 10, 12, 12, 11, 8, 5],
@@ -69,6 +73,7 @@ class Config:
     active_share: float = 0.11  # users active on a given day
     request_share: float = 0.8  # sessions that start with a recommendation request
     follow_share: float = 0.55  # served sessions that watch a recommended movie
+    log_format: str = "text"  # the event log's form: "text" or "jsonl" (JSON Lines), the same events either way
 
     @property
     def injection_day(self) -> int:
@@ -118,8 +123,12 @@ def make_world(cfg: Config) -> World:
     occupation[age < 18] = "K-12 student"
     occupation[(age >= 18) & (age < 23) & (rng.random(n) < 0.6)] = "college/grad student"
     occupation[(age >= 65) & (rng.random(n) < 0.8)] = "retired"
+    # Drawn from a stream of their own, so that every other draw of a world is as it was before
+    # users had a region.
+    region = np.array(REGIONS, dtype=object)[np.random.default_rng([cfg.seed, 3]).choice(
+        len(REGIONS), size=n, p=REGION_SHARES)]
     users = pd.DataFrame({"user_id": np.arange(1, n + 1), "age": age, "gender": gender,
-                          "occupation": occupation})
+                          "occupation": occupation, "region": region})
 
     genre_vectors = rng.normal(0, 0.55, (len(GENRES), FACTORS))
     n_genres = rng.choice([1, 2, 3], size=m, p=[0.4, 0.4, 0.2])
@@ -199,12 +208,15 @@ class Policy:
     """The service's recommender: personal taste plus popularity, from a candidate pool.
 
     Under the feedback fault it retrains each day on its own exposure: yesterday's most
-    recommended movies become today's most likely candidates and get a popularity boost.
+    recommended movies become today's most likely candidates and get a popularity boost. Under
+    the starve fault it ranks the movies of STARVED_GENRE below every other candidate, so they
+    are listed only when fewer than K others are at hand.
     """
 
     def __init__(self, world: World):
         self.world = world
         self.exposure = np.zeros(len(world.movies))
+        self.starved = world.movies["genres"].str.split("|").map(lambda genres: STARVED_GENRE in genres).to_numpy()
 
     def weights(self, days_of_feedback: int) -> np.ndarray:
         """Candidate weights: true popularity, or (under feedback) yesterday's exposure, leaned
@@ -216,8 +228,10 @@ class Policy:
             w = w ** (1 - lean) * share ** (1.5 * lean)
         return w / w.sum()
 
-    def recommend(self, rng: np.random.Generator, users: np.ndarray, days_of_feedback: int) -> np.ndarray:
-        """K distinct movies for each user (users may repeat)."""
+    def recommend(self, rng: np.random.Generator, users: np.ndarray, days_of_feedback: int,
+                  starve: bool = False) -> np.ndarray:
+        """K distinct movies for each user (users may repeat); none of STARVED_GENRE while
+        `starve`, unless too few other candidates are drawn."""
         world, m = self.world, len(self.world.movies)
         weights = self.weights(days_of_feedback)
         boost = 0.5 + 0.1 * days_of_feedback
@@ -229,6 +243,8 @@ class Policy:
             score = np.einsum("bk,bck->bc", world.taste[u], world.factors[cands]) + world.movie_bias[cands]
             score += boost * log_w[cands] + rng.gumbel(0, 0.3, cands.shape)
             score[:, 80:] -= 10.0  # uniform candidates only fill lists the policy cannot
+            if starve:  # below even those; the draws stay those of a clean day
+                score -= 100.0 * self.starved[cands]
             order = np.argsort(cands, axis=1, kind="stable")
             sorted_c = np.take_along_axis(cands, order, axis=1)
             dup = np.zeros_like(cands, dtype=bool)
@@ -269,7 +285,7 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
     # A recommendation request opens most sessions.
     asked = rng.random(s) < cfg.request_share
     req = np.flatnonzero(asked)
-    lists = policy.recommend(rng, sessions[req], days_of_feedback)
+    lists = policy.recommend(rng, sessions[req], days_of_feedback, cfg.active("starve", day))
     policy.exposure = np.bincount(lists.ravel(), minlength=len(world.movies)).astype(float)
     server = rng.integers(0, cfg.servers, len(req))
     failed = rng.random(len(req)) < 0.015
@@ -351,22 +367,48 @@ def _one_after_another(user: np.ndarray, t0: np.ndarray, start: np.ndarray, minu
 # ---------------------------------------------------------------------------------------------
 # Formatting: lines built by Arrow from tables of pre-formatted pieces.
 
+# The log's two forms (recsys.events reads both): each line kind as its pieces in order, the
+# named ones filled per event (quoted as JSON strings in JSON Lines) and the rest written as is.
+LINE_TEMPLATES = {
+    "text": {
+        0: ("time", b",", "user", b",GET /data/m/", "movie", b"/", "value", b".mpg\n"),
+        1: ("time", b",", "user", b",GET /rate/", "movie", b"=", "value", b"\n"),
+        2: ("time", b",", "user", b",recommendation request ", "server", b", status ", "status", b", result: ",
+            "result", b", ", "latency", b" ms\n"),
+    },
+    "jsonl": {
+        0: (b'{"time": "', "time", b'", "user_id": ', "user", b', "event": "watch", "movie_id": ', "movie",
+            b', "minute": ', "value", b"}\n"),
+        1: (b'{"time": "', "time", b'", "user_id": ', "user", b', "event": "rate", "movie_id": ', "movie",
+            b', "rating": ', "value", b"}\n"),
+        2: (b'{"time": "', "time", b'", "user_id": ', "user", b', "event": "recommend", "server": ', "server",
+            b', "status": ', "status", b', "result": ', "result", b', "latency_ms": ', "latency", b"}\n"),
+    },
+}
+LOG_FILES = {"text": "events.log", "jsonl": "events.jsonl"}
+
+
 class _Pieces:
     def __init__(self, world: World, cfg: Config):
         import pyarrow as pa
 
         self.pa = pa
+        self.templates = LINE_TEMPLATES[cfg.log_format]
+        json_lines = cfg.log_format == "jsonl"
+        strings = lambda values: pa.array([json.dumps(v) if json_lines else v for v in values],  # noqa: E731
+                                          pa.large_binary())
+        self.list_ends = (b"[", b"]") if json_lines else (b"", b"")
         self.users = pa.array(world.users["user_id"].astype(str).tolist(), pa.large_binary())
-        self.slugs = pa.array(world.movies["movie_id"].tolist(), pa.large_binary())
+        self.slugs = strings(world.movies["movie_id"].tolist())
         self.numbers = pa.array([str(i) for i in range(10_000)], pa.large_binary())
         self.clock = pa.array([f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)],
                               pa.large_binary())
         self.micros = pa.array([f"{i:06d}" for i in range(1_000_000)], pa.large_binary())
         self.servers = [f"recs-{chr(97 + i)}.example.org:8082" for i in range(cfg.servers)]
-        self.server_names = pa.array(self.servers, pa.large_binary())
-        self.errors = pa.array([f"java.util.concurrent.TimeoutException: Request timeout to {name.split(':')[0]}"
-                                f"/10.0.0.{i + 1}:8082 after 800 ms" for i, name in enumerate(self.servers)]
-                               + ["500 Internal Server Error: model unavailable"], pa.large_binary())
+        self.server_names = strings(self.servers)
+        self.errors = strings([f"java.util.concurrent.TimeoutException: Request timeout to {name.split(':')[0]}"
+                               f"/10.0.0.{i + 1}:8082 after 800 ms" for i, name in enumerate(self.servers)]
+                              + ["500 Internal Server Error: model unavailable"])
 
     def take(self, table, idx):
         return table.take(self.pa.array(np.asarray(idx, dtype=np.int64)))
@@ -394,19 +436,15 @@ class _Pieces:
         """The log lines of `rows` (indices into the day's events, in time order)."""
         import pyarrow.compute as pc
 
-        pa, join = self.pa, self.join
+        pa = self.pa
         kind = day.kind[rows]
         parts = []
         for k in (0, 1, 2):
             r = rows[kind == k]
-            time = self.times(day.time[r], fraction=k == 2)
-            user = self.take(self.users, day.user[r])
-            if k == 0:
-                parts.append(join(time, b",", user, b",GET /data/m/", self.take(self.slugs, day.movie[r]), b"/",
-                                  self.take(self.numbers, day.value[r]), b".mpg\n"))
-            elif k == 1:
-                parts.append(join(time, b",", user, b",GET /rate/", self.take(self.slugs, day.movie[r]), b"=",
-                                  self.take(self.numbers, day.value[r]), b"\n"))
+            fields = {"time": self.times(day.time[r], fraction=k == 2), "user": self.take(self.users, day.user[r])}
+            if k < 2:
+                fields["movie"] = self.take(self.slugs, day.movie[r])
+                fields["value"] = self.take(self.numbers, day.value[r])
             else:
                 rec = day.value[r]
                 status, server = day.status[rec], day.server[rec]
@@ -415,11 +453,12 @@ class _Pieces:
                 listed = pc.binary_join(pa.LargeListArray.from_arrays(offsets, flat),
                                         pa.scalar(b", ", pa.large_binary()))
                 error = self.take(self.errors, np.where(status == 0, server, len(self.servers)))
-                result = pc.if_else(pa.array(status == 200), listed, error)
-                parts.append(join(time, b",", user, b",recommendation request ",
-                                  self.take(self.server_names, server), b", status ",
-                                  self.take(self.numbers, status), b", result: ", result, b", ",
-                                  self.take(self.numbers, day.latency[rec]), b" ms\n"))
+                fields["result"] = pc.if_else(pa.array(status == 200), self.join(self.list_ends[0], listed,
+                                                                                  self.list_ends[1]), error)
+                fields["server"] = self.take(self.server_names, server)
+                fields["status"] = self.take(self.numbers, status)
+                fields["latency"] = self.take(self.numbers, day.latency[rec])
+            parts.append(self.join(*(fields[p] if isinstance(p, str) else p for p in self.templates[k])))
         grouped = pa.concat_arrays(parts)
         # Rows were grouped by kind; put them back in time order.
         order = np.argsort(kind, kind="stable")
@@ -436,57 +475,92 @@ def _write(out, lines) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Corruption: every malformed shape of the log format, and valid-but-wrong data.
+#
+# A fault is drawn the same way in either form of the log and changes the same event, so that
+# both forms of one world quarantine the same lines. Three act on the line's bytes; the others
+# on the event's fields, read from the line and written back in its form.
 
 LINE_FAULTS = ("garbage", "missing rating", "truncated", "space in timestamp", "not UTF-8", "bad user id",
                "rating out of range", "unknown movie")
 LIST_FAULTS = ("short list", "duplicate list")
+REC_PREFIX = "recommendation request "
 
 
-def _corrupt(line: bytes, how: str, rng: np.random.Generator) -> bytes:
-    body = line.rstrip(b"\n")
-    ts, user, rest = body.split(b",", 2)
+def _text_event(line: bytes) -> dict:
+    """The fields of a line of the text form, as JSON Lines names them (times kept as written)."""
+    ts, user, rest = line.rstrip(b"\n").decode().split(",", 2)
+    event: dict = {"time": ts, "user_id": int(user)}
+    if rest.startswith("GET /data/m/"):
+        movie, minute = rest.removeprefix("GET /data/m/").removesuffix(".mpg").rsplit("/", 1)
+        return {**event, "event": "watch", "movie_id": movie, "minute": int(minute)}
+    if rest.startswith("GET /rate/"):
+        movie, rating = rest.removeprefix("GET /rate/").rsplit("=", 1)
+        return {**event, "event": "rate", "movie_id": movie, "rating": int(rating)}
+    head, tail = rest.removeprefix(REC_PREFIX).split(", result: ", 1)
+    server, status = head.split(", status ")
+    result, latency = tail.rsplit(", ", 1)
+    status = int(status)
+    return {**event, "event": "recommend", "server": server, "status": status,
+            "result": result.split(", ") if status == 200 else result, "latency_ms": int(latency.removesuffix(" ms"))}
+
+
+def _text_line(event: dict) -> bytes:
+    """A text line of an event's fields (a rating may be missing, a user id not a number)."""
+    head = f"{event['time']},{event['user_id']},"
+    if event["event"] == "watch":
+        body = f"GET /data/m/{event['movie_id']}/{event['minute']}.mpg"
+    elif event["event"] == "rate":
+        body = f"GET /rate/{event['movie_id']}" + (f"={event['rating']}" if "rating" in event else "")
+    else:
+        result = ", ".join(event["result"]) if isinstance(event["result"], list) else event["result"]
+        body = f"{REC_PREFIX}{event['server']}, status {event['status']}, result: {result}, {event['latency_ms']} ms"
+    return (head + body + "\n").encode()
+
+
+_EVENT_CODECS = {"text": (_text_event, _text_line),
+                 "jsonl": (json.loads, lambda event: (json.dumps(event) + "\n").encode())}
+
+
+def _corrupt(line: bytes, how: str, rng: np.random.Generator, log_format: str) -> bytes:
+    """`line` (of the form `log_format`) with the fault `how`."""
     if how == "garbage":
-        out = b"test, data"
-    elif how == "missing rating":
-        slug = rest.split(b"/")[3] if rest.startswith(b"GET /data/m/") else b"audition+1999"
-        out = b",".join([ts, user, b"GET /rate/" + slug.split(b"=")[0]])
-    elif how == "truncated":
-        out = body[: max(5, int(len(body) * rng.uniform(0.3, 0.9)))]
+        return b"test, data\n"
+    if how == "truncated":
+        body = line.rstrip(b"\n")
+        return body[: max(5, int(len(body) * rng.uniform(0.3, 0.9)))] + b"\n"
+    if how == "not UTF-8":  # in a movie id: the line's first "+" (times, user ids and keys have none)
+        return line.replace(b"+", b"+\xe9\xff", 1)
+    read, write = _EVENT_CODECS[log_format]
+    event = read(line)
+    kind, common = event["event"], {"time": event["time"], "user_id": event["user_id"]}
+    if how == "missing rating":
+        movie = event["movie_id"] if kind == "watch" else "audition+1999"
+        event = {**common, "event": "rate", "movie_id": movie}
     elif how == "space in timestamp":
-        out = b",".join([ts.replace(b"T", b" "), user, rest])
-    elif how == "not UTF-8":
-        out = b",".join([ts, user, rest.replace(b"+", b"+\xe9\xff", 1)])
+        event["time"] = event["time"].replace("T", " ")
     elif how == "bad user id":
-        out = b",".join([ts, b"user" + user, rest])
+        event["user_id"] = f"user{event['user_id']}"
     elif how == "rating out of range":
-        value = [b"8", b"0", b"4.5", b""][rng.integers(4)]
-        head = rest.rsplit(b"=", 1)[0] if rest.startswith(b"GET /rate/") else b"GET /rate/audition+1999"
-        out = b",".join([ts, user, head + b"=" + value])
+        value = [8, 0, 4.5, ""][rng.integers(4)]
+        event = {**common, "event": "rate", "movie_id": event["movie_id"] if kind == "rate" else "audition+1999",
+                 "rating": value}
     elif how in ("short list", "duplicate list"):
-        if not rest.startswith(b"recommendation request") or b", status 200," not in rest:
+        if kind != "recommend" or event["status"] != 200:
             return line
-        head, tail = rest.split(b", result: ", 1)
-        items, latency = tail.rsplit(b", ", 1)
-        items = items.split(b", ")
-        items = items[: [2, 19][rng.integers(2)]] if how == "short list" else items[:-1] + [items[0]]
-        out = b",".join([ts, user, head + b", result: " + b", ".join(items) + b", " + latency])
+        items = event["result"]
+        event["result"] = items[: [2, 19][rng.integers(2)]] if how == "short list" else items[:-1] + [items[0]]
     else:  # unknown movie
-        fake = b"unknown+feature+%d+1999" % rng.integers(1000)
-        if rest.startswith(b"GET /data/m/"):
-            parts = rest.split(b"/")
-            parts[3] = fake
-            out = b",".join([ts, user, b"/".join(parts)])
-        elif rest.startswith(b"GET /rate/"):
-            out = b",".join([ts, user, b"GET /rate/" + fake + b"=" + rest.rsplit(b"=", 1)[1]])
+        fake = "unknown+feature+%d+1999" % rng.integers(1000)
+        if kind == "recommend":
+            if event["status"] != 200:
+                return line
+            event["result"] = [fake] + event["result"][:-1]  # keep 20 items: drop the last one
         else:
-            out = body.replace(b"result: ", b"result: " + fake + b", ", 1) if b"status 200" in rest else body
-            if out != body:  # keep 20 items: drop the last one
-                head, latency = out.rsplit(b", ", 1)
-                out = head.rsplit(b", ", 1)[0] + b", " + latency
-    return out + b"\n"
+            event["movie_id"] = fake
+    return write(event)
 
 
-def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, share: float = 0.03):
+def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, log_format: str, share: float = 0.03):
     """Replace a share of lines by corrupted ones, cycling through every kind of fault."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -499,9 +573,9 @@ def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, share: 
     list_faults = rng.choice(recs, size=min(len(recs), max(1, len(chosen) // 5)), replace=False) if len(recs) else []
     replaced = {}
     for i, row in enumerate(chosen):
-        replaced[int(row)] = _corrupt(lines[int(row)].as_py(), LINE_FAULTS[i % len(LINE_FAULTS)], rng)
+        replaced[int(row)] = _corrupt(lines[int(row)].as_py(), LINE_FAULTS[i % len(LINE_FAULTS)], rng, log_format)
     for j, row in enumerate(list_faults):
-        replaced[int(row)] = _corrupt(lines[int(row)].as_py(), LIST_FAULTS[j % len(LIST_FAULTS)], rng)
+        replaced[int(row)] = _corrupt(lines[int(row)].as_py(), LIST_FAULTS[j % len(LIST_FAULTS)], rng, log_format)
     rows = np.array(sorted(replaced))
     mask = np.zeros(len(lines), dtype=bool)
     mask[rows] = True
@@ -511,10 +585,14 @@ def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, share: 
 # ---------------------------------------------------------------------------------------------
 
 def simulate(out_dir: str | Path, cfg: Config) -> Summary:
-    """Write users.csv, movies.csv and events.log (time-ordered) for `cfg` into `out_dir`."""
+    """Write users.csv, movies.csv and the event log (time-ordered; events.log, or events.jsonl
+    in JSON Lines) for `cfg` into `out_dir`."""
     unknown = [f for f in cfg.inject if f not in INJECTIONS]
     if unknown:
         raise ValueError(f"unknown injection {unknown[0]!r} (choose from {', '.join(INJECTIONS)})")
+    if cfg.log_format not in LOG_FILES:
+        raise ValueError(f"unknown log format {cfg.log_format!r} (choose from {', '.join(LOG_FILES)})")
+    log_file = LOG_FILES[cfg.log_format]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(cfg)
@@ -524,12 +602,12 @@ def simulate(out_dir: str | Path, cfg: Config) -> Summary:
     policy = Policy(world)
     summary = Summary(
         config={**asdict(cfg), "start": cfg.start.isoformat(), "inject": list(cfg.inject)},
-        files={"users": "users.csv", "movies": "movies.csv", "events": "events.log"},
+        files={"users": "users.csv", "movies": "movies.csv", "events": log_file},
         injection_start=(datetime.combine(cfg.start, datetime.min.time())
                          + timedelta(days=cfg.injection_day)).isoformat() if cfg.inject else None,
     )
     carry: Day | None = None
-    with open(out / "events.log", "wb") as f:
+    with open(out / log_file, "wb") as f:
         for d in range(cfg.days):
             day = simulate_day(world, cfg, policy, d)
             if carry is not None:
@@ -544,7 +622,7 @@ def simulate(out_dir: str | Path, cfg: Config) -> Summary:
                 rows = order[a:min(a + SLICE, cut)]
                 lines = pieces.lines(day, rows)
                 if cfg.active("corrupt", d):
-                    lines = _apply_corruption(lines, day.kind[rows], rng)
+                    lines = _apply_corruption(lines, day.kind[rows], rng, cfg.log_format)
                 _write(f, lines)
                 written += len(rows)
             summary.lines_per_day.append(written)

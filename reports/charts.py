@@ -107,7 +107,8 @@ def intervals(rows: list[dict], metric: str = "rmse") -> Markup:
     shown = [r for r in rows if r.get(metric) is not None]
     if not shown:
         return Markup("")
-    top = max(max(r.get(f"{metric}_high") or r[metric] for r in shown), max(r[metric] for r in shown)) * 1.1
+    # A scale even when every value is 0 (a movie group never shown has a ratio of 0).
+    top = max(max(r.get(f"{metric}_high") or r[metric] for r in shown), max(r[metric] for r in shown)) * 1.1 or 1.0
     height = 30 + 24 * len(shown) + BOTTOM
     left, plot_w = 200, WIDTH - 200 - RIGHT
     scale = plot_w / top

@@ -98,14 +98,18 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
 @click.option("--start", default="2024-01-01", show_default=True, help="First day (YYYY-MM-DD, UTC).")
 @click.option("--inject", default="", metavar="LIST",
-              help="Comma list of faults starting on the middle day: corrupt, drift, fairness, feedback.")
+              help="Comma list of faults starting on the middle day: corrupt, drift, fairness, feedback, starve.")
+@click.option("--format", "log_format", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
+              help="Form of the event log: text lines (events.log) or JSON Lines (events.jsonl).")
 @json_option("Print a JSON summary.")
-def simulate(out, users, movies, days, seed, start, inject, as_json):
+def simulate(out, users, movies, days, seed, start, inject, log_format, as_json):
     """Write a simulated streaming service: users.csv, movies.csv and events.log.
 
     The log follows the production format (one line per watched minute, per rating and per
     recommendation request), in time order. Users have a latent taste that drives what they
     watch and how they rate, so a recommender can learn from it. Same arguments, same bytes.
+    With --format jsonl the same events (and the same faults) are written as JSON Lines to
+    events.jsonl instead.
 
     \b
     Faults (--inject), each from the middle day on:
@@ -114,6 +118,8 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
       drift     more young users, a different genre mix, inflated ratings
       fairness  ratings by women and by seniors become noisier
       feedback  the recommender retrains daily on its own exposure
+      starve    the recommender stops showing Romance movies; users keep
+                watching them on their own
     """
     from recaudit.recsys.simulate import INJECTIONS, Config
     from recaudit.recsys.simulate import simulate as run
@@ -127,11 +133,12 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
         if fault not in INJECTIONS:
             raise UserError(f"--inject: unknown fault {fault!r} (choose from {', '.join(INJECTIONS)})")
     with user_errors(out):
-        summary = run(out, Config(users=users, movies=movies, days=days, seed=seed, start=first, inject=faults))
+        summary = run(out, Config(users=users, movies=movies, days=days, seed=seed, start=first, inject=faults,
+                                  log_format=log_format))
 
     def human(s):
         click.echo(f"wrote {out}/users.csv ({users:,} users), {out}/movies.csv ({movies:,} movies), "
-                   f"{out}/events.log ({s['lines']:,} lines over {days} days)")
+                   f"{out}/{s['files']['events']} ({s['lines']:,} lines over {days} days)")
         if faults:
             click.echo(f"faults {', '.join(faults)} start at {s['injection_start']}")
 
@@ -143,16 +150,19 @@ def simulate(out, users, movies, days, seed, start, inject, as_json):
 @main.command()
 @db_option
 @click.option("--validate", is_flag=True, help="Quarantine events that fail a row-level expectation of the suites.")
+@click.option("--model-name", default="production", show_default=True, metavar="NAME",
+              help="The model of predictions files without a model column.")
 @config_option("Settings file (with --validate).")
 @json_option("Print exactly one JSON object.")
 @click.argument("paths", nargs=-1, required=True)
-def ingest(db, validate, config_path, as_json, paths):
+def ingest(db, validate, model_name, config_path, as_json, paths):
     """Store event logs, users.csv, movies.csv or MovieLens directories in the database.
 
     PATHS are event logs (plain or .gz, or - for standard input, read in batches so that a
-    Kafka consumer can pipe into it), users.csv, movies.csv, a MovieLens 100K or 1M directory,
-    or a directory of stream files (users and movies first, then logs). Files are recognised
-    by their content, not their name.
+    Kafka consumer can pipe into it), users.csv, movies.csv, predictions files of any model
+    (CSV, JSON Lines or Parquet with time, user_id, movie_id, prediction and optionally
+    model), a MovieLens 100K or 1M directory, or a directory of stream files (users and movies
+    first, then logs, then predictions). Files are recognised by their content, not their name.
 
     Every non-blank line is stored or quarantined with its reason; a source is committed whole
     or not at all. Ingesting the same content again stores nothing; a log that has grown since
@@ -168,7 +178,7 @@ def ingest(db, validate, config_path, as_json, paths):
     check = validation.row_check(load_config(config_path)) if validate else None
     with user_errors(*paths):
         store = open_store(db)
-        summary = run(store, paths, check=check)
+        summary = run(store, paths, check=check, model_name=model_name)
     data = summary.to_dict()
 
     def human(d):
@@ -441,7 +451,9 @@ def validate(suite_dir, config_path, since, until, as_json, junit, paths):
 @click.option("--reference-until", metavar="TIME", help="End of the reference window (exclusive).")
 @click.option("--only", metavar="LIST", help="Comma list of audits to run [default: all].")
 @out_option
-@click.option("--model", "model_id", metavar="ID", help="Model the fairness audit evaluates [default: the newest].")
+@click.option("--model", "model_id", metavar="NAME",
+              help="Model the fairness audit evaluates: a model of the stored predictions, or a trained model's id "
+                   "[default: the model with the most predictions, else the newest trained].")
 @click.option("--export-predictions", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the fairness audit's evaluated ratings with their predictions and groups as CSV.")
 @json_option("Print the run's results.json.")
@@ -460,15 +472,17 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
     default the `drift.reference_window` (7 days) before it, or the newest model's training
     window when `drift.reference = "training"`.
 
-    Fairness evaluates the newest model (or --model) on the ratings after its training cutoff,
-    at least `fairness.window` (7 days) back from the window's end; --export-predictions
-    writes those ratings with their predictions and groups as CSV.
+    Fairness evaluates the team's model (or --model) on the ratings at least `fairness.window`
+    (7 days) back from the window's end: each rating scored by the latest stored prediction of
+    that user and movie made before it, or by `fairness.scorer`; without predictions, the
+    newest trained model, on the ratings after its training cutoff. --export-predictions writes
+    the evaluated ratings with their predictions and groups as CSV.
 
     Exit status: 1 when a critical finding exists, else 0 (2 for a usage or input error).
     """
     from pathlib import Path
 
-    from recaudit.audits import registry
+    from recaudit.audits import fairness, groups, registry
     from recaudit.audits import run as runs
     from recaudit.scheduler.jobs import audit_and_publish
 
@@ -482,8 +496,14 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
         if name not in registry.AUDITS:
             raise UserError(f"--only: unknown audit {name!r} (known: {', '.join(registry.AUDITS)})")
     store = open_store(db)
-    if model_id and store.model_artifact(model_id) is None:
-        raise UserError(f"--model: no model {model_id!r} in {store.url}")
+    if model_id and not fairness.is_model(store, model_id):
+        raise UserError(f"--model: no model {model_id!r} in {store.url} (neither in the stored predictions "
+                        "nor trained)")
+    if cfg["fairness"]["scorer"] and (not names or "fairness" in names):
+        with user_errors():
+            fairness.load_scorer(cfg["fairness"])  # a scorer that cannot be imported fails now, in one line
+    with user_errors():  # so does a fairness dimension or a drift attribute that no stored user has
+        groups.check_stored(cfg, store.attribute_names("users"), names or list(registry.AUDITS))
     if (reference_since is None) != (reference_until is None):
         raise UserError("--reference-since and --reference-until go together")
     reference = None

@@ -198,7 +198,7 @@ def _alerts(store, cfg: dict) -> dict:
 
 
 WORK = {"ingest": _ingest, "validation": _audit(["validation"]), "drift": _audit(["drift"]),
-        "fairness": _audit(["fairness"]), "feedback": _audit(["feedback", "online"]), "retrain": _retrain,
+        "fairness": _audit(["fairness"]), "feedback": _audit(["feedback", "online", "exposure"]), "retrain": _retrain,
         "report": _report, "alerts": _alerts}
 
 

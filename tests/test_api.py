@@ -266,6 +266,7 @@ def test_import_recaudit_exposes_exactly_its_public_names_and_loads_each_on_firs
     assert seen["homes"] == {"read_log": "recaudit.recsys.events", "fairness": "recaudit.audits.fairness",
                              "drift": "recaudit.audits.drift", "feedback": "recaudit.audits.feedback",
                              "online": "recaudit.audits.online", "validate": "recaudit.audits.validation",
+                             "exposure": "recaudit.audits.exposure",
                              "AuditResult": "recaudit.audits.result", "Finding": "recaudit.audits.result"}
     assert seen["missing"] == "module 'recaudit' has no attribute 'no_such_name'"
     from importlib.metadata import version

@@ -12,7 +12,8 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The modules that define `recaudit.__all__`, and the package itself: each must have examples.
 API = ("recaudit", "recaudit.recsys.events", "recaudit.audits.fairness", "recaudit.audits.drift",
-       "recaudit.audits.feedback", "recaudit.audits.online", "recaudit.audits.validation", "recaudit.audits.result")
+       "recaudit.audits.feedback", "recaudit.audits.online", "recaudit.audits.validation", "recaudit.audits.result",
+       "recaudit.audits.exposure")
 
 
 def documented() -> list[str]:

@@ -52,8 +52,7 @@ def test_every_kind_of_event_round_trips_through_the_store(store, small_world):
             expected["time"] = expected["time"].dt.floor("us")
         pd.testing.assert_frame_equal(stored, expected[stored.columns.tolist()], check_dtype=False, obj=name)
     users = pd.read_csv(small_world / "users.csv")
-    assert window.users[["user_id", "age", "gender", "occupation"]].astype(object).values.tolist() == \
-        users.astype(object).values.tolist()
+    assert window.users[users.columns].astype(object).values.tolist() == users.astype(object).values.tolist()
     movies = pd.read_csv(small_world / "movies.csv", keep_default_na=False)
     assert sorted(window.movies.movie_id) == sorted(movies.movie_id)
 
@@ -238,7 +237,7 @@ def test_movielens_1m_directory_is_ingested_with_its_age_codes(store, tmp_path):
                                     .encode("latin-1"))
     (ml / "ratings.dat").write_bytes(b"1::1::5::978300760\n2::2::3::978302109\n2::1::9::978301968\n")
     summary = ingest(store, [str(ml)]).to_dict()
-    assert summary["stored"] == {"watch": 0, "rate": 2, "recommend": 0, "users": 2, "movies": 2}
+    assert summary["stored"] == {"watch": 0, "rate": 2, "recommend": 0, "users": 2, "movies": 2, "predictions": 0}
     assert summary["quarantined"] == 1
     users = store.read("users").set_index("user_id")
     assert users.loc[1, "age_group"] == "under_18" and pd.isna(users.loc[1, "age"])

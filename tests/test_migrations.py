@@ -142,6 +142,8 @@ def test_the_scheduler_s_jobs_stored_by_an_earlier_version_call_the_packaged_ser
             conn.execute(text(f"UPDATE {SCHEDULER_JOBS} SET job_state = :s WHERE id = :i"),
                          {"s": pickle.dumps(state), "i": job_id})
         conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        for table in ("user_attributes", "movie_attributes", "predictions"):  # added by 0003
+            conn.execute(text(f"DROP TABLE {table}"))
     engine.dispose()
     st.Store(db_url).close()
     scheduler = service.build(url, None, configuration.load())

@@ -325,7 +325,6 @@ class Fairness(Table):
     severity: Severity = Field("warning", description="the severity of a fairness finding")
     k: int = Field(20, ge=1, description="ranking quality at k")
     ranking_max_users: int = Field(5000, ge=1, description="ranked per run at most (a seeded sample beyond)")
-    success_horizon: Duration = Field("15min", description="a watch this soon after a recommendation is a success")
     export_predictions: str = Field("", description='a CSV path: one row per evaluated rating; "" for none')
 
 

@@ -35,9 +35,7 @@ from sqlalchemy import func, select
 from recaudit.audits import activity, bootstrap, groups, online
 from recaudit.audits import config as configuration
 from recaudit.audits.drift import popularity_tiers
-from recaudit.audits.fairness import DIMENSION_WORDS, _float  # the same groups of users, named the same
-from recaudit.audits.fairness import _label as user_label
-from recaudit.audits.result import AuditResult, Finding
+from recaudit.audits.result import AuditResult, Finding, finite
 from recaudit.audits.store import between, recommendation_items, recommendations
 
 # The movie groupings drawn from the catalogue and the viewing itself (config.EXPOSURE_GROUPINGS),
@@ -186,8 +184,8 @@ def assess(follow: pd.DataFrame, slots: pd.DataFrame, viewings: pd.DataFrame, be
     total = np.asarray(matrix.sum(axis=0)).ravel()
     draws = bootstrap.resampled_sums(matrix, settings["resamples"], settings["seed"])
     metrics: dict[str, float | None] = {
-        "exposure.requests": float(len(follow)), "exposure.success_rate": _float(follow["success"].mean()),
-        "exposure.mrr": _float((1 / follow["first_rank"]).fillna(0).mean()) if len(follow) else None,
+        "exposure.requests": float(len(follow)), "exposure.success_rate": finite(follow["success"].mean()),
+        "exposure.mrr": finite((1 / follow["first_rank"]).fillna(0).mean()) if len(follow) else None,
         "exposure.slots": float(total[totals][0]), "exposure.viewings": float(total[totals][1])}
     # Each run tests every gap and every movie group: a finding must stand beyond chance for
     # the whole family of its side, or some clean run in a few would have one.
@@ -288,20 +286,20 @@ def _user_groups(dim: str, block: _Block, total: np.ndarray, draws: np.ndarray, 
     intervals = {m: bootstrap.percentiles(d, settings["confidence"]) for m, d in resampled.items()}
     rows = []
     for i, group in enumerate(block.labels):
-        row = {"dimension": dim, "group": group, "label": user_label(dim, group, age_bins),
+        row = {"dimension": dim, "group": group, "label": groups.label(dim, group, age_bins),
                "requests": int(requests[i]), "users": int(block.members[i]), "sufficient": bool(sufficient[i])}
         metrics[f"exposure.requests.{dim}.{group}"] = row["requests"]
         for metric in USER_METRICS:
             shown = sufficient[i]
-            row[metric] = _float(values[metric][i]) if shown else None
-            row[f"{metric}_low"] = _float(intervals[metric][0][i]) if shown else None
-            row[f"{metric}_high"] = _float(intervals[metric][1][i]) if shown else None
+            row[metric] = finite(values[metric][i]) if shown else None
+            row[f"{metric}_low"] = finite(intervals[metric][0][i]) if shown else None
+            row[f"{metric}_high"] = finite(intervals[metric][1][i]) if shown else None
             for suffix in ("", "_low", "_high"):
                 metrics[f"exposure.{metric}{suffix}.{dim}.{group}"] = row[f"{metric}{suffix}"]
         rows.append(row)
     findings = _too_little(dim, rows, f"{settings['min_group_requests']} requests or {settings['min_group_users']} "
                            "users", lambda r: f"{r['label']} ({r['requests']:,} requests by {r['users']:,} users)",
-                           DIMENSION_WORDS.get(dim, dim))
+                           groups.DIMENSION_WORDS.get(dim, dim))
     for metric in USER_METRICS:
         findings += _gap(dim, metric, rows, values[metric], resampled[metric], sufficient, tests, settings, metrics)
     return rows, findings
@@ -360,10 +358,10 @@ def _movie_groups(grouping: str, block: _Block, total: np.ndarray, draws: np.nda
     for i, group in enumerate(block.labels):
         row = {"grouping": grouping, "group": group, "label": f"{words} {group}", "slots": int(slots[i]),
                "viewings": int(viewings[i]), "viewers": int(block.members[i]), "sufficient": bool(sufficient[i]),
-               "exposure_share": _float(exposure_share[i]), "watch_share": _float(watch_share[i]),
-               "ratio": _float(ratio[i]) if sufficient[i] else None,
-               "ratio_low": _float(low[i]) if sufficient[i] else None,
-               "ratio_high": _float(high[i]) if sufficient[i] else None}
+               "exposure_share": finite(exposure_share[i]), "watch_share": finite(watch_share[i]),
+               "ratio": finite(ratio[i]) if sufficient[i] else None,
+               "ratio_low": finite(low[i]) if sufficient[i] else None,
+               "ratio_high": finite(high[i]) if sufficient[i] else None}
         for name in ("slots", "viewings", "exposure_share", "watch_share", "ratio", "ratio_low", "ratio_high"):
             metrics[f"exposure.{name}.{grouping}.{group}"] = row[name]
         rows.append(row)
@@ -379,7 +377,7 @@ def _movie_groups(grouping: str, block: _Block, total: np.ndarray, draws: np.nda
                 f"with {confidence:.1%} confidence, adjusted for {tests} movie groups), below "
                 f"{settings['min_ratio']:g}", float(ratio[i]), settings["min_ratio"], kind="underexposed"))
     shown = ratio[sufficient]
-    metrics[f"exposure.lowest_ratio.{grouping}"] = _float(shown.min()) if len(shown) else None
+    metrics[f"exposure.lowest_ratio.{grouping}"] = finite(shown.min()) if len(shown) else None
     findings += _too_little(grouping, rows, f"{settings['min_group_viewings']} viewings or "
                             f"{settings['min_group_viewers']} viewers",
                             lambda r: f"{r['group']} ({r['viewings']:,} viewings by {r['viewers']:,} users)", words)

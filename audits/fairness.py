@@ -11,13 +11,12 @@ resampled max − min would be positive by construction and could never exclude 
 
 `audit` (the CLI and the scheduler) builds the ratings frame from the store and a trained
 model's predictions; `fairness` takes one made anywhere, with dimensions of its own. Both hand
-it to `assess`. Ranking quality and online success per group need the model and the logs, and
-stay with `audit`.
+it to `assess`. Ranking quality per group needs recaudit's model, and stays with `audit`; what the
+served lists do for each group, from the logs alone, is the exposure audit's.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,10 +25,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import case, func, select
 
+from recaudit.audits import bootstrap, groups, schema
 from recaudit.audits import config as configuration
-from recaudit.audits import groups, schema
 from recaudit.audits.events import between
-from recaudit.audits.result import AuditResult, Finding
+from recaudit.audits.result import AuditResult, Finding, finite
 from recaudit.recsys.formats import InputError
 
 # The built-in dimensions of stored users, and the column of the evaluated ratings each is read from
@@ -37,7 +36,6 @@ from recaudit.recsys.formats import InputError
 # a column of its own name. A metric key names the dimension.
 COLUMNS = {"sex": "sex", "age": "age_group", "occupation": "occupation"}
 ACCURACY = ("rmse", "mae")
-DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
 # The columns of a ratings frame `fairness` reads as its inputs: a dimension of that name would
 # overwrite them.
 INPUTS = ("user_id", "rating", "prediction", "cold_start")
@@ -102,7 +100,7 @@ class GroupMetrics:
         draws = self._draws()
         table = pd.DataFrame(index=self.by_group.index)
         for i, metric in enumerate(ACCURACY):
-            table[f"{metric}_low"], table[f"{metric}_high"] = _percentiles(draws[:, :, i], self.confidence)
+            table[f"{metric}_low"], table[f"{metric}_high"] = bootstrap.percentiles(draws[:, :, i], self.confidence)
         return table
 
     def worst_and_best(self, metric: str = "rmse") -> tuple[str, str] | None:
@@ -124,10 +122,9 @@ class GroupMetrics:
 
     @property
     def difference_confidence(self) -> float:
-        """The gap's confidence, Bonferroni-adjusted for the pairs of groups it was picked from:
-        with many groups the largest of many gaps looks significant by chance."""
+        """The gap's confidence, Bonferroni-adjusted for the pairs of groups it was picked from."""
         m = int(self.by_group["sufficient"].sum())
-        return 1 - (1 - self.confidence) / max(1, m * (m - 1) // 2)
+        return bootstrap.adjusted(self.confidence, m * (m - 1) // 2)
 
     def difference_interval(self, metric: str = "rmse") -> Interval:
         """The interval of worst − best, from the spread of the same two groups' difference over
@@ -140,29 +137,24 @@ class GroupMetrics:
         i = ACCURACY.index(metric)
         draws = self._draws()
         spread = draws[:, at.index(pair[0]), i] - draws[:, at.index(pair[1]), i]
-        spread = spread[np.isfinite(spread)]
-        if len(spread) < 2:
-            return Interval(None, None)
-        from scipy.stats import norm
-
-        half = norm.isf((1 - self.difference_confidence) / 2) * float(np.std(spread, ddof=1))
-        gap = self.difference(metric)
-        return Interval(gap - half, gap + half)
+        interval = bootstrap.normal_interval(self.difference(metric), spread, self.difference_confidence)
+        return Interval(None, None) if interval is None else Interval(*interval)
 
     def _draws(self) -> np.ndarray:
         """resamples × groups × (rmse, mae): the groups' metrics over resamples of users drawn
         with replacement from all users (a group may be absent from a draw: NaN)."""
         if "draws" not in self._boot:
+            from scipy import sparse
+
             labels, code, n, sse, sae = self._users
-            rng = np.random.default_rng(self.seed)
-            draws = np.full((self.resamples, len(labels), 2), np.nan)
+            k, rows = len(labels), np.arange(len(n))
+            # Per user, its ratings, squared and absolute errors in its group's columns.
+            per_user = sparse.hstack([sparse.csr_array((values, (rows, code)), shape=(len(n), k))
+                                      for values in (n, sse, sae)]).tocsr()
+            sums = bootstrap.resampled_sums(per_user, self.resamples, self.seed)
+            total, squared, absolute = sums[:, :k], sums[:, k:2 * k], sums[:, 2 * k:]
             with np.errstate(invalid="ignore", divide="ignore"):
-                for b in range(self.resamples):
-                    weight = np.bincount(rng.integers(0, len(n), len(n)), minlength=len(n)).astype(float)
-                    total = np.bincount(code, weights=weight * n, minlength=len(labels))
-                    draws[b, :, 0] = np.sqrt(np.bincount(code, weights=weight * sse, minlength=len(labels)) / total)
-                    draws[b, :, 1] = np.bincount(code, weights=weight * sae, minlength=len(labels)) / total
-            self._boot["draws"] = draws
+                self._boot["draws"] = np.stack([np.sqrt(squared / total), absolute / total], axis=2)
         return self._boot["draws"]
 
 
@@ -170,18 +162,6 @@ def _metrics(error: np.ndarray) -> dict:
     if len(error) == 0:
         return {"rmse": None, "mae": None}
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
-
-
-def _percentiles(draws: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per column, the central `confidence` interval of the draws, ignoring absent ones."""
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (a group never drawn): no interval
-        return np.nanpercentile(draws, tail, axis=0), np.nanpercentile(draws, 100 - tail, axis=0)
-
-
-def _float(value) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,13 +175,12 @@ def group_metrics(evaluated: pd.DataFrame, column: str, settings: dict) -> Group
 
 
 def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.DataFrame | None = None,
-           online: pd.DataFrame | None = None,
            dimensions: dict[str, str] | None = None) -> tuple[dict, list[Finding], list[dict]]:
     """Metrics, findings and per-group rows for evaluated ratings (user_id, rating, prediction,
     cold_start and a column per dimension). `dimensions` maps each dimension's name, the one
     metric keys and findings use, to its column: by default the configured dimensions of stored
-    users, in the columns `column_of` names. `ranking` (user_id, hit, ndcg) and `online` (user_id,
-    success), with the same columns, add ranking quality and online success per group."""
+    users, in the columns `column_of` names. `ranking` (user_id, hit, ndcg), with the same
+    columns, adds ranking quality per group."""
     if dimensions is None:
         dimensions = {dim: column_of(dim) for dim in settings["dimensions"]}
     metrics: dict[str, float | None] = {}
@@ -219,10 +198,10 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
         table = frame.by_group.join(frame.intervals)
         cold = evaluated.groupby(column)["cold_start"].mean()
         extra = {key: _by(part, column, col) for key, part, col in
-                 (("hit_rate", ranking, "hit"), ("ndcg", ranking, "ndcg"), ("success_rate", online, "success"))
+                 (("hit_rate", ranking, "hit"), ("ndcg", ranking, "ndcg"))
                  if part is not None}
         for group, row in table.iterrows():
-            out = {"dimension": dim, "group": group, "label": _label(dim, group, age_bins), "n": int(row["n"]),
+            out = {"dimension": dim, "group": group, "label": groups.label(dim, group, age_bins), "n": int(row["n"]),
                    "users": int(row["users"]), "sufficient": bool(row["sufficient"]),
                    "cold_start_share": float(cold.get(group, np.nan))}
             metrics[f"fairness.n.{dim}.{group}"] = out["n"]
@@ -230,15 +209,15 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
             for metric in ACCURACY:
                 value = float(row[metric]) if row["sufficient"] else None
                 out[metric] = value
-                out[f"{metric}_low"] = _float(row[f"{metric}_low"]) if row["sufficient"] else None
-                out[f"{metric}_high"] = _float(row[f"{metric}_high"]) if row["sufficient"] else None
+                out[f"{metric}_low"] = finite(row[f"{metric}_low"]) if row["sufficient"] else None
+                out[f"{metric}_high"] = finite(row[f"{metric}_high"]) if row["sufficient"] else None
                 w = warm_frame.loc[group] if warm_frame is not None and group in warm_frame.index else None
                 out[f"{metric}_warm"] = float(w[metric]) if w is not None and w["sufficient"] else None
                 metrics[f"fairness.{metric}.{dim}.{group}"] = value
                 metrics[f"fairness.{metric}_low.{dim}.{group}"] = out[f"{metric}_low"]
                 metrics[f"fairness.{metric}_high.{dim}.{group}"] = out[f"{metric}_high"]
                 metrics[f"fairness.{metric}_warm.{dim}.{group}"] = out[f"{metric}_warm"]
-            for key in ("hit_rate", "ndcg", "success_rate"):
+            for key in ("hit_rate", "ndcg"):
                 if key not in extra:
                     out[key], out[f"{key}_n"] = None, 0
                     continue
@@ -248,10 +227,11 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
             rows.append(out)
         small = table[~table["sufficient"]]
         if len(small):
-            listed = ", ".join(f"{_label(dim, g, age_bins)} ({r.n} ratings by {r.users} users)"
+            listed = ", ".join(f"{groups.label(dim, g, age_bins)} ({r.n} ratings by {r.users} users)"
                                for g, r in small.iterrows())
+            words = groups.DIMENSION_WORDS.get(dim, dim)
             findings.append(Finding("fairness", f"fairness.n.{dim}", "info",
-                                    f"too little data for a verdict on {len(small)} {DIMENSION_WORDS.get(dim, dim)} "
+                                    f"too little data for a verdict on {len(small)} {words} "
                                     f"group(s) (fewer than {settings['min_group_size']} ratings or "
                                     f"{settings['min_group_users']} users): {listed}", kind="insufficient_group"))
         for metric in ACCURACY:
@@ -274,8 +254,9 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, settings: dict, metrics: di
     confidence = frame.difference_confidence
     adjusted = ("" if confidence == frame.confidence
                 else f", adjusted for {len(frame.by_group[frame.by_group.sufficient])} groups")
-    message = (f"{metric.upper()} is {w[metric]:.2f} for {_label(dim, worst, age_bins)} against {b[metric]:.2f} for "
-               f"{_label(dim, best, age_bins)}: a gap of {gap:.2f} ({confidence:.1%} interval {interval.low:.2f} to "
+    message = (f"{metric.upper()} is {w[metric]:.2f} for {groups.label(dim, worst, age_bins)} against "
+               f"{b[metric]:.2f} for {groups.label(dim, best, age_bins)}: a gap of {gap:.2f} "
+               f"({confidence:.1%} interval {interval.low:.2f} to "
                f"{interval.high:.2f}{adjusted}) above the threshold {threshold:g}; {int(w['n']):,} ratings by "
                f"{int(w['users']):,} users against {int(b['n']):,} by {int(b['users']):,}")
     return [Finding("fairness", f"fairness.{metric}_gap.{dim}", settings["severity"], message, gap, threshold,
@@ -285,15 +266,6 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, settings: dict, metrics: di
 def _by(part: pd.DataFrame, column: str, value: str) -> dict:
     grouped = part.groupby(column)[value].agg(["size", "mean"])
     return {g: (int(r["size"]), float(r["mean"])) for g, r in grouped.iterrows()}
-
-
-def _label(dim: str, group: str, age_bins: dict) -> str:
-    """A group in words for findings and tables: 'women', 'age group teen (13-17)', 'region south'."""
-    if dim in ("age", "age_group"):
-        return f"age group {groups.describe(age_bins, group)}"
-    if dim == "sex":
-        return {"F": "women", "M": "men"}.get(group, f"sex {group}")
-    return f"{dim} {group}"
 
 
 def _method(settings: dict) -> dict:
@@ -535,10 +507,9 @@ def audit(ctx) -> AuditResult:
         reason = (f"none of the {len(ratings):,} ratings in the window has a prediction by {audited.name!r} made "
                   "before it" if len(ratings) else "no ratings in the window")
         return AuditResult("fairness", "insufficient_data", metrics=coverage, details={**details, "reason": reason})
-    online = _online(ctx.store, since, ctx.until, users, ctx.config)
-    metrics, findings, rows = assess(evaluated, settings, age_bins, None, online)
+    metrics, findings, rows = assess(evaluated, settings, age_bins)
     _without_cold_start(metrics, rows)
-    details.update(groups=rows, **_method(settings), ranked_users=0, requests=0 if online is None else len(online))
+    details.update(groups=rows, **_method(settings), ranked_users=0)
     return AuditResult("fairness", metrics={**metrics, **coverage}, findings=findings, details=details)
 
 
@@ -565,11 +536,10 @@ def _audit_reference(ctx, settings: dict, model_id: str, since: pd.Timestamp) ->
         return AuditResult("fairness", "insufficient_data",
                            details={**details, "reason": "no ratings after the model's training cutoff in the window"})
     ranking = _ranking(model, evaluated, settings, ranking_per_user)
-    online = _online(ctx.store, since, ctx.until, users, ctx.config)
-    metrics, findings, rows = assess(evaluated, settings, age_bins, ranking, online)
+    metrics, findings, rows = assess(evaluated, settings, age_bins, ranking)
     metrics.update({"fairness.scored_share": 1.0, "fairness.unscored": 0})  # it predicts every rating
     details.update(groups=rows, **_method(settings), ranked_users=0 if ranking is None else len(ranking),
-                   requests=0 if online is None else len(online), ratings=len(evaluated), scored=len(evaluated),
+                   ratings=len(evaluated), scored=len(evaluated),
                    unscored=0)
     return AuditResult("fairness", metrics=metrics, findings=findings, details=details)
 
@@ -705,15 +675,6 @@ def _ranking(model, evaluated: pd.DataFrame, settings: dict, ranking_per_user) -
     per_user = ranking_per_user(dict(zip(users.tolist(), ids)), evaluated, settings["k"])
     columns = ["user_id", *(column_of(dim) for dim in settings["dimensions"])]
     return per_user.merge(evaluated.drop_duplicates("user_id")[columns], on="user_id")
-
-
-def _online(store, since, until, users: pd.DataFrame, config: dict) -> pd.DataFrame | None:
-    from recaudit.audits import online
-
-    requests = online.followed_requests(store, since, until, config["fairness"]["success_horizon"])
-    if requests.empty:
-        return None
-    return _with_groups(requests[["user_id", "success"]].astype({"success": float}), users, config)
 
 
 def export(evaluated: pd.DataFrame, path: str | Path) -> None:

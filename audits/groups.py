@@ -122,6 +122,19 @@ def check_stored(config: dict, attributes: list[str], audits: list[str]) -> None
         require_attributes(attributes, list(config["drift"]["attributes"]), "drift.attributes")
 
 
+# How a dimension is named in findings where its own name would read oddly.
+DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
+
+
+def label(dim: str, group: str, age_bins: dict) -> str:
+    """A group in words for findings and tables: 'women', 'age group teen (13-17)', 'region south'."""
+    if dim in ("age", "age_group"):
+        return f"age group {describe(age_bins, group)}"
+    if dim == "sex":
+        return {"F": "women", "M": "men"}.get(group, f"sex {group}")
+    return f"{dim} {group}"
+
+
 def describe(groups: dict[str, list[int]], name: str) -> str:
     """An age group in words: 'teen (13-17)'."""
     if name in groups:

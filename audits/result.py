@@ -58,7 +58,7 @@ class Finding:
         return hashlib.sha256(f"{self.audit}|{self.kind}|{self.key}".encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "value": _number(self.value), "threshold": _number(self.threshold),
+        return {**asdict(self), "value": finite(self.value), "threshold": finite(self.threshold),
                 "fingerprint": self.fingerprint}
 
 
@@ -124,7 +124,7 @@ class AuditResult:
     def to_dict(self) -> dict:
         """The result as JSON-safe data (NaN becomes None), findings most severe first: what
         results.json stores and the report pages render."""
-        return {"status": self.status, "metrics": {k: _number(v) for k, v in self.metrics.items()},
+        return {"status": self.status, "metrics": {k: finite(v) for k, v in self.metrics.items()},
                 "findings": [f.to_dict() for f in sorted(self.findings, key=lambda f: -SEVERITIES.index(f.severity))],
                 "details": self.details, "error": self.error, "seconds": round(self.seconds, 3)}
 
@@ -160,8 +160,8 @@ class AuditResult:
         return render_audit(self.audit, self.to_dict(), standalone=False)
 
 
-def _number(value) -> float | None:
-    """A JSON-safe number: NaN and infinities become None."""
+def finite(value) -> float | None:
+    """A JSON-safe number: NaN and infinities (and None) become None."""
     if value is None:
         return None
     value = float(value)

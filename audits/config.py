@@ -35,8 +35,9 @@ from pydantic import (
     model_validator,
 )
 
-from recaudit.audits.groups import ALONGSIDE, BUILT_IN, DEFAULT_AGE_GROUPS, UNKNOWN
+from recaudit.audits.groups import BUILT_IN, DEFAULT_AGE_GROUPS, UNKNOWN
 from recaudit.audits.result import SEVERITIES
+from recaudit.recsys import formats
 from recaudit.recsys.formats import InputError, attribute_name_problem
 from recaudit.recsys.recommender import ALGOS
 
@@ -74,7 +75,7 @@ JOB_SCHEDULES = {  # name: when it runs by default; jobs due at the same time ru
 }
 JOBS = tuple(JOB_SCHEDULES)
 FAIRNESS_DIMENSIONS = BUILT_IN  # the default dimensions; any user attribute can be one too
-EXPOSURE_GROUPINGS = ("genre", "popularity", "decade")  # beside movie attributes
+EXPOSURE_GROUPINGS = formats.MOVIE_GROUPINGS  # beside movie attributes
 SCORER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 OPS = (">", ">=", "<", "<=", "==", "!=")
 
@@ -288,8 +289,7 @@ def _dimensions(value: list[str]) -> list[str]:
     for name in value:
         if name in BUILT_IN:
             continue
-        problem = attribute_name_problem(name, "users") or (
-            "a column of the ratings fairness evaluates" if name in ALONGSIDE else None)
+        problem = attribute_name_problem(name, "users")
         if problem:
             raise ValueError(f"{name!r} is neither one of {', '.join(BUILT_IN)} nor a user attribute: {problem}")
     repeated = [name for name, n in Counter(value).items() if n > 1]
@@ -386,9 +386,12 @@ class Exposure(Table):
                                               "stored movie attribute")
     min_ratio: float = Field(0.5, gt=0, description="a movie group whose exposure-to-watch ratio is below this "
                                                     "beyond chance is a finding")
-    min_group_viewings: int = Field(50, ge=1, description="viewings (a user watching a movie on a day) of a movie "
+    # Low on purpose: starving a group also lowers its viewing (most viewing follows what is
+    # shown), so a high bar would rule the starved group too small to judge; the ratio's
+    # user-clustered interval, not this bar, keeps chance out of the findings.
+    min_group_viewings: int = Field(10, ge=1, description="viewings (a user watching a movie on a day) of a movie "
                                                           "group; fewer: no verdict")
-    min_group_viewers: int = Field(20, ge=1, description="users who watched a movie group, likewise")
+    min_group_viewers: int = Field(10, ge=1, description="users who watched a movie group, likewise")
     min_group_requests: int = Field(100, ge=1, description="served lists of a group of users; fewer: no verdict")
     min_group_users: int = Field(20, ge=1, description="users of a group of users who were served, likewise")
     gap_thresholds: ExposureGapThresholds = Field(default_factory=ExposureGapThresholds,

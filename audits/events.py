@@ -96,6 +96,9 @@ def _sqlite_executemany(conn: Connection, statement, table: Table, df: pd.DataFr
     conn.exec_driver_sql(compiled.string, list(zip(*(values[name] for name in compiled.positiontup))))
 
 
+JOINED_ATTRIBUTES = 50  # attributes per statement (SQLite's limit is 64 tables in a join)
+
+
 class EventStore:
     """Event writes and window reads of a `Store` (which gives `engine` and `dialect`)."""
 
@@ -236,14 +239,24 @@ class EventStore:
         with one text column per attribute stored for `kind`, in the order of their names: None
         where one lacks the attribute. Each is an outer join on the attributes' primary key, so
         the database pivots them; they are read under labels of their own, so that an attribute
-        named like a typed column elsewhere (a user's `status`) is not read as one."""
+        named like a typed column elsewhere (a user's `status`) is not read as one. SQLite joins
+        at most 64 tables in one statement, so the attributes come JOINED_ATTRIBUTES at a time,
+        each batch in the same order of `key`."""
         table = user_attributes if kind == "users" else movie_attributes
-        joined, names = key.table, self.attribute_names(kind)
-        for i, name in enumerate(names):
-            a = table.alias(f"attribute_{i}")
-            joined = joined.outerjoin(a, and_(a.c[key.name] == key, a.c.name == name))
-            query = query.add_columns(a.c.value.label(f"attribute_{i}"))
-        df = self.frame(query.select_from(joined).order_by(key))
+        names = self.attribute_names(kind)
+        df = None
+        for start in range(0, max(len(names), 1), JOINED_ATTRIBUTES):
+            batch, joined = names[start:start + JOINED_ATTRIBUTES], key.table
+            part = query if df is None else select(key)
+            for i, name in enumerate(batch, start):
+                a = table.alias(f"attribute_{i}")
+                joined = joined.outerjoin(a, and_(a.c[key.name] == key, a.c.name == name))
+                part = part.add_columns(a.c.value.label(f"attribute_{i}"))
+            part = self.frame(part.select_from(joined).order_by(key))
+            if df is None:
+                df = part
+            else:  # the same rows in the same order: the batch's columns line up
+                df = pd.concat([df, part.drop(columns=key.name).set_axis(df.index)], axis=1)
         return df.rename(columns={f"attribute_{i}": name for i, name in enumerate(names)})
 
     def attribute_names(self, kind: str) -> list[str]:

@@ -139,7 +139,7 @@ def assess(follow: pd.DataFrame, slots: pd.DataFrame, viewings: pd.DataFrame, be
         per user they were served to.
     viewings, before : DataFrame
         (user_id, movie_id), one row per viewing in the window and in the window of the same
-        length before it, whose viewing draws the popularity tiers (this window's when that one
+        length before it, whose viewing draws the popularity tiers (none are drawn when that one
         has none). A viewing is a user watching a movie on a day, as `activity.watch_sessions`
         counts them.
     users, movies : DataFrame
@@ -165,12 +165,18 @@ def assess(follow: pd.DataFrame, slots: pd.DataFrame, viewings: pd.DataFrame, be
     # long movies and binge-watchers, and count a movie left after five minutes as little; a
     # slot is one chance to be picked, and a viewing one pick. Distinct user-movie pairs over
     # the window would drop the re-watches of later days, which slots (shown again) do count.
-    tiers_from = "previous window" if len(before) else "this window"
-    tier_viewings = before if len(before) else viewings
-    basis = tier_viewings.groupby(tier_viewings["movie_id"].astype(str)).size()
+    # Tiers drawn from the window judged would be judged against themselves (its head is the
+    # movies making half of its viewing, whatever was shown): without a window before, no tiers.
+    tiers_from = "previous window" if len(before) else None
+    basis = before.groupby(before["movie_id"].astype(str)).size()
     findings: list[Finding] = []
     movie_blocks = {}
     for grouping in settings["movie_groups"]:
+        if grouping == "popularity" and tiers_from is None:
+            findings.append(Finding("exposure", "exposure.movie_groups.popularity", "info",
+                                    "popularity tiers are drawn from the viewing of the window before this one, "
+                                    "which has none: not compared", kind="insufficient_group"))
+            continue
         if grouping not in configuration.EXPOSURE_GROUPINGS and grouping not in movies.columns:
             stored = [c for c in movies.columns if c not in ("movie_id", "title", "year", "genres")]
             findings.append(Finding("exposure", f"exposure.movie_groups.{grouping}", "warning",

@@ -30,6 +30,7 @@ from recaudit.audits import config as configuration
 from recaudit.audits.events import between
 from recaudit.audits.result import AuditResult, Finding, finite
 from recaudit.recsys.formats import InputError
+from recaudit.recsys.predictions import MAX_PREDICTION
 
 # The built-in dimensions of stored users, and the column of the evaluated ratings each is read from
 # (the one `export` writes and `fairness` reads); any other dimension, a user attribute, is read from
@@ -646,8 +647,13 @@ def score(scorer, settings: dict, ratings: pd.DataFrame) -> np.ndarray:
     out = np.empty(len(ratings))
     for start in range(0, len(ratings), batch):
         chunk = slice(start, start + batch)
-        answer = scorer(users[chunk], movies[chunk])
         try:
+            answer = scorer(users[chunk], movies[chunk])
+        except Exception as exc:  # the team's code failed: its traceback is kept, chained to this
+            raise RuntimeError(f"fairness.scorer {path} raised {type(exc).__name__}: {exc}") from exc
+        try:
+            if answer is None:
+                raise TypeError("None")
             values = np.asarray(answer, dtype=float)
         except (TypeError, ValueError):
             raise InputError("fairness.scorer", f"{path} returned {type(answer).__name__}, not numbers") from None
@@ -655,9 +661,10 @@ def score(scorer, settings: dict, ratings: pd.DataFrame) -> np.ndarray:
         if values.shape != (n,):
             raise InputError("fairness.scorer", f"{path} returned an array of shape {values.shape} for {n} "
                                                 "(user, movie) pairs: one prediction per pair is expected")
-        bad = np.flatnonzero(~np.isfinite(values))
+        bad = np.flatnonzero(~(np.abs(values) <= MAX_PREDICTION))  # NaN, infinities and beyond any scale
         if len(bad):
-            raise InputError("fairness.scorer", f"{path} returned {len(bad)} values that are not finite numbers, "
+            raise InputError("fairness.scorer", f"{path} returned {len(bad)} values that are not finite numbers "
+                                                f"of at most {MAX_PREDICTION:g} in magnitude, "
                                                 f"e.g. {values[bad[0]]} for user {users[chunk][bad[0]]} and movie "
                                                 f"{movies[chunk][bad[0]]!r}")
         out[chunk] = values

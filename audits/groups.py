@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recaudit.recsys import formats
 from recaudit.recsys.formats import InputError, attribute_columns
 
 UNKNOWN = "unknown"
@@ -23,7 +24,7 @@ DEFAULT_AGE_GROUPS = {"child": [0, 12], "teen": [13, 17], "young_adult": [18, 34
                       "senior": [55, 200]}
 # Columns the audits keep beside users' groups in one frame (a rating, its prediction, a ranked
 # user's hit, a request's success): no dimension may be named as one of them.
-ALONGSIDE = ("user_id", "movie_id", "time", "rating", "prediction", "cold_start", "hit", "ndcg", "success")
+ALONGSIDE = formats.RESERVED["users"]
 
 
 def as_text(value) -> str:
@@ -122,8 +123,8 @@ def check_stored(config: dict, attributes: list[str], audits: list[str]) -> None
         require_attributes(attributes, list(config["drift"]["attributes"]), "drift.attributes")
 
 
-# How a dimension is named in findings where its own name would read oddly.
-DIMENSION_WORDS = {"age": "age group", "age_group": "age group"}
+# How a dimension is named before "group(s)" in findings, where its own name would read oddly.
+DIMENSION_WORDS = {"age_group": "age"}
 
 
 def label(dim: str, group: str, age_bins: dict) -> str:

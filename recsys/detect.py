@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from recaudit.recsys import predictions
-from recaudit.recsys.formats import MOVIES_HEADER, USERS_HEADER, InputError
+from recaudit.recsys.formats import MOVIES_HEADER, READ_ERRORS, USERS_HEADER, InputError
 from recaudit.recsys.movielens import detect_version
 
 EVENT_LOG_SUFFIXES = (".log", ".log.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".gz")
@@ -31,6 +31,18 @@ def _table_kind(header: list[str]) -> str | None:
         if header[:len(typed)] == typed:
             return name
     return None
+
+
+def _gunzipped_head(path: Path) -> bytes:
+    """The first bytes of a gzip file's content; what could be read of them when it is damaged
+    (reading it as a log names the damage)."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read(4096)
+    except READ_ERRORS:
+        return b""
 
 
 def kind(path: str | Path) -> str:
@@ -56,18 +68,23 @@ def kind(path: str | Path) -> str:
         if not stat.S_ISREG(mode):
             raise InputError(p, "not a regular file")
         with open(p, "rb") as f:
-            first = f.readline(4096)
+            head = f.read(4096)
     except OSError as exc:
         raise InputError.from_os(exc, p) from None
+    first = head[:head.find(b"\n") + 1] if b"\n" in head else head
     if p.suffix == ".gz":
         # Checked here, before anything is read or stored, so the file is named; an empty file
         # is an empty log to gzip too.
         if first and not first.startswith(GZIP_MAGIC):
             raise InputError(p, "cannot be read: not gzip-compressed, though its name ends in .gz")
+        if first and predictions.format_of(_gunzipped_head(p)):
+            # Predictions are read whole, as one content: a compressed one (a rotated file, say)
+            # read as a log would quarantine every row.
+            raise InputError(p, "a gzip-compressed predictions file: decompress it (gzip -d) to ingest it")
         return "events"
     if p.suffix.lower() == ".parquet" and not first.startswith(predictions.PARQUET_MAGIC):
         raise InputError(p, "cannot be read: not Parquet, though its name ends in .parquet")
-    if predictions.format_of(first):  # a predictions CSV or JSON Lines by its first line, or Parquet
+    if predictions.format_of(head):  # a predictions CSV or JSON Lines by its first line, or Parquet
         return "predictions"
     if first.startswith(UTF16_BOMS) or b"\0" in first:
         # UTF-16 (Excel's "Unicode text", Windows PowerShell's default): an ASCII header with

@@ -240,6 +240,23 @@ def _json_value(text: str):
     return value
 
 
+def json_object(text: str) -> dict:
+    """The JSON object a line holds (a leading BOM aside), read strictly: a ValueError whose
+    message is the reason otherwise, ``malformed JSON`` (a truncated line, NaN, Infinity),
+    ``duplicate JSON key``, ``JSON nested too deeply`` or ``not a JSON object``."""
+    try:
+        obj = _json_value(text.removeprefix(BOM))
+    except _DuplicateKey:
+        raise ValueError("duplicate JSON key") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:  # JSONDecodeError, NaN and Infinity, integers of over 4,300 digits
+        raise ValueError("malformed JSON") from None
+    if type(obj) is not dict:
+        raise ValueError("not a JSON object")
+    return obj
+
+
 def is_json_line(text: str) -> bool:
     """Whether a line is in the JSON Lines form (by its first character)."""
     return text.removeprefix(BOM).lstrip(" \t")[:1] in ("{", "[", '"')
@@ -272,15 +289,9 @@ def _decode_json(text: str) -> tuple[str, str | None, tuple]:
     if _RAW_CONTROL.search(text):
         return "reject", None, ("control character in line",)
     try:
-        obj = _json_value(text.removeprefix(BOM))
-    except _DuplicateKey:
-        return "reject", None, ("duplicate JSON key",)
-    except RecursionError:
-        return "reject", None, ("JSON nested too deeply",)
-    except ValueError:  # JSONDecodeError, NaN and Infinity, integers of over 4,300 digits
-        return "reject", None, ("malformed JSON",)
-    if type(obj) is not dict:
-        return "reject", None, ("not a JSON object",)
+        obj = json_object(text)
+    except ValueError as exc:
+        return "reject", None, (str(exc),)
     if "\\" in text:
         fault = _escaped_fault(obj)
         if fault:

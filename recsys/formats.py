@@ -23,6 +23,14 @@ MOVIES_HEADER = ["movie_id", "title", "year", "genres"]
 # a users frame holds each under its own name and a dimension names one thing.
 ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*", re.ASCII)
 TYPED = {"users": (*USERS_HEADER, "age_group", "sex"), "movies": tuple(MOVIES_HEADER)}
+# Names the audits give their own columns beside users' groups (a rating, its prediction, a
+# request's success), their built-in groupings of movies, and the store's own columns of those
+# tables: an attribute so named could never be a dimension or a grouping, or would overwrite a
+# column, so it is refused when the file is read.
+MOVIE_GROUPINGS = ("genre", "popularity", "decade")
+RESERVED = {"users": ("user_id", "movie_id", "time", "rating", "prediction", "cold_start", "hit", "ndcg", "success",
+                      "source_id"),
+            "movies": (*MOVIE_GROUPINGS, "movie_key", "source_id")}
 
 SCHEMAS = {
     # age_group is set only where the source fixes the group itself (MovieLens-1M "under 18");
@@ -80,6 +88,8 @@ def attribute_name_problem(name: str, kind: str) -> str | None:
         return "an attribute's name is lower-case letters, digits and _, starting with a letter"
     if name in TYPED[kind]:
         return f"{name!r} is a typed column of {kind} ({', '.join(TYPED[kind])}), not an attribute"
+    if name in RESERVED[kind]:
+        return f"{name!r} is a name the audits give one of their own columns or groupings ({', '.join(RESERVED[kind])})"
     return None
 
 

@@ -31,6 +31,9 @@ MODEL = "model"
 DEFAULT_MODEL = "production"
 PARQUET_MAGIC = b"PAR1"
 MAX_MODEL_NAME = 200
+# A predicted rating is a small number; one far beyond any scale would overflow the squared
+# errors the audit sums (1e308² is infinite) and blank every figure.
+MAX_PREDICTION = 1e9
 SCHEMA = {"line": "int64", "time": "datetime64[ns]", "user_id": "int64", "movie_id": "object",
           "prediction": "float64", "model": "object"}
 _SLUG_BAD = re.compile(events._SLUG_BAD, re.ASCII)  # a movie id as the log's parser takes one
@@ -46,19 +49,21 @@ def is_header(names: list[str]) -> bool:
 
 def format_of(head: bytes) -> str | None:
     """``parquet``, ``jsonl`` or ``csv`` when the first bytes of a file are those of a
-    predictions file in that format, else None."""
+    predictions file in that format, else None. Its first non-blank line tells: a CSV header of
+    the columns, or a JSON object whose keys are the columns (an event with a "prediction" key
+    of its own is still an event)."""
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
-    first = head.split(b"\n", 1)[0]
+    first = next((line for line in head.removeprefix(b"\xef\xbb\xbf").split(b"\n") if line.strip()), b"")
     if b"\0" in first:  # binary, or UTF-16 (which detect names as such)
         return None
-    first = first.decode("utf-8-sig", "replace").strip()
+    first = first.decode("utf-8", "replace").strip()
     if first.startswith("{"):
         try:
-            value = json.loads(first)
+            value = events.json_object(first)
         except ValueError:
             return None
-        return "jsonl" if isinstance(value, dict) and "prediction" in value else None
+        return "jsonl" if is_header(list(value)) else None
     return "csv" if is_header(_csv_header(first)) else None
 
 
@@ -168,12 +173,9 @@ def _json_rows(data: bytes, first_line: int):
             yield number, undecodable, "not UTF-8"
             continue
         try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):
-            yield number, text, "not a JSON object"
-            continue
-        if not isinstance(value, dict):
-            yield number, text, "not a JSON object"
+            value = events.json_object(text)
+        except ValueError as exc:  # the event log's strict reading, with its reasons
+            yield number, text, str(exc)
             continue
         unknown = [k for k in value if k not in (*COLUMNS, MODEL)]
         missing = [k for k in COLUMNS if k not in value]
@@ -289,6 +291,8 @@ def _prediction(value, text: bool) -> float:
         number = None
     if number is None or not math.isfinite(number):
         raise RowError("prediction not a finite number")
+    if abs(number) > MAX_PREDICTION:
+        raise RowError(f"prediction beyond {MAX_PREDICTION:g} in magnitude")
     return number
 
 

@@ -102,8 +102,8 @@ def scatter(points: list[list[float]], xlabel: str, ylabel: str, title: str) -> 
     return _frame(title, out)
 
 
-def intervals(rows: list[dict], metric: str = "rmse") -> Markup:
-    """Each group's value as a dot with its interval as a bar."""
+def intervals(rows: list[dict], metric: str = "rmse", confidence: float = 0.95) -> Markup:
+    """Each group's value as a dot with its `confidence` interval as a bar."""
     shown = [r for r in rows if r.get(metric) is not None]
     if not shown:
         return Markup("")
@@ -129,5 +129,5 @@ def intervals(rows: list[dict], metric: str = "rmse") -> Markup:
     for t in _ticks(0, top):
         out.append(f'<text x="{left + t * scale:.1f}" y="{34 + 24 * len(shown)}" text-anchor="middle">{_num(t)}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{escape(metric.upper())} with '
-               '95% interval</text>')
+               f'{confidence:.0%} interval</text>')
     return _frame(f"{metric.upper()} by group with intervals", out, height)

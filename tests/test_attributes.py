@@ -84,6 +84,9 @@ def test_a_later_users_file_replaces_the_attributes_it_has_and_keeps_the_others(
     ("users", "region,REGION", "column 6 ('REGION'): named twice"),
     ("users", "", "column 5 (''): an attribute's name"),
     ("movies", "title", "column 5 ('title'): 'title' is a typed column of movies"),
+    ("movies", "movie_key", "column 5 ('movie_key'): 'movie_key' is a name the audits give"),
+    ("movies", "popularity", "column 5 ('popularity'): 'popularity' is a name the audits give"),
+    ("users", "rating", "column 5 ('rating'): 'rating' is a name the audits give"),
 ])
 def test_an_extra_column_that_cannot_name_an_attribute_is_refused_in_one_line(recaudit_bin, tmp_path, kind, extra,
                                                                               reason):
@@ -136,7 +139,7 @@ def test_a_numeric_attribute_is_binned_and_a_value_with_a_dot_keeps_a_group_of_i
 
 @pytest.mark.parametrize("settings, message", [
     ({"fairness": {"dimensions": ["sex", "Region"]}}, "fairness.dimensions: 'Region' is neither"),
-    ({"fairness": {"dimensions": ["rating"]}}, "fairness.dimensions: 'rating' is neither .* a column of the ratings"),
+    ({"fairness": {"dimensions": ["rating"]}}, "fairness.dimensions: 'rating' is neither .* the audits give"),
     ({"fairness": {"dimensions": ["region", "region"]}}, "fairness.dimensions: names 'region' twice"),
     ({"groups": {"bins": {"income": {"a": [0, 10], "b": [10, 20]}}}}, "groups.bins.income: bins 'a' and 'b' overlap"),
     ({"groups": {"bins": {"income": {"a.b": [0, 10]}}}}, "groups.bins.income: bin 'a.b'"),
@@ -296,3 +299,13 @@ def test_drift_counts_a_binned_attribute_in_its_bins(services):
     assert set(counts.index) == {"low", "high", "unknown"} and counts.sum() == len(source.active)
     by_user = source.active.merge(users, on="user_id", suffixes=("", "_")).income
     assert counts["unknown"] == (by_user == "n/a").sum()
+
+
+def test_users_with_more_attributes_than_sqlite_joins_at_once_read_back_whole(store, tmp_path):
+    names = [f"a{i}" for i in range(70)]  # SQLite joins at most 64 tables in one statement
+    write(tmp_path / "users.csv", "user_id,age,gender,occupation," + ",".join(names) + "\n"
+          + "".join(f"{u},30,M,writer," + ",".join(f"{u}-{i}" for i in range(70)) + "\n" for u in range(3)))
+    ingest(store, [str(tmp_path / "users.csv")])
+    users = store.read("users")
+    assert list(users.columns[-70:]) == sorted(names) and users["user_id"].tolist() == [0, 1, 2]
+    assert users.loc[users.user_id == 2, "a69"].item() == "2-69" and users.loc[users.user_id == 0, "a7"].item() == "0-7"

@@ -248,7 +248,8 @@ def test_equal_service_of_both_groups_is_no_finding():
 
 def test_groups_too_small_for_a_verdict_say_so_and_get_no_number():
     log = events.parse_bytes(served(0.0, users=10))  # 60 lists by 10 women: fewer than 100 or 20
-    result = recaudit.exposure(log, users=people(10), since="2024-01-01", until="2024-01-07")
+    result = recaudit.exposure(log, users=people(10), since="2024-01-01", until="2024-01-07",
+                               config={"exposure": {"min_group_viewers": 20}})
     assert not [f for f in result.findings if f.kind == "exposure_gap"]
     small = [f for f in result.findings if f.kind == "insufficient_group"]
     assert any(f.key == "exposure.insufficient.sex" and "women (60 requests by 10 users)" in f.message for f in small)

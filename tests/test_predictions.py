@@ -190,9 +190,9 @@ def test_bad_json_lines_and_parquet_rows_are_quarantined_with_their_reasons(stor
     (tmp_path / "p.jsonl").write_text(text + '{"time": "2024-01-01T10:00:01", "user_id": 1, "movie_\n')
     [result] = ingest(store, [str(tmp_path / "p.jsonl")]).sources
     assert store.read("quarantine")["reason"].tolist() == [
-        "user_id not a non-negative integer", "user_id not a non-negative integer", "prediction not a finite number",
+        "user_id not a non-negative integer", "user_id not a non-negative integer", "malformed JSON",  # NaN: not JSON
         "prediction not a finite number", "bad timestamp", "model not text", "unknown key 'score'",
-        "missing key 'movie_id'", "not a JSON object", "not a JSON object"]
+        "missing key 'movie_id'", "not a JSON object", "malformed JSON"]
     assert (result.lines, result.stored["predictions"], result.quarantined) == (11, 1, 10)
 
     frame = pd.DataFrame({"time": pd.to_datetime(["2024-01-01T10:00:00", "2024-01-01T11:00:00", None]),
@@ -324,7 +324,8 @@ def test_audit_model_takes_a_predictions_model_name(tmp_path):
 SCORERS = {
     "wrong shape": ("def predict(users, movies):\n    return [[1.0, 2.0]]\n", "of shape (1, 2) for 4"),
     "not finite": ("import numpy as np\ndef predict(users, movies):\n    return np.full(len(users), np.nan)\n",
-                   "4 values that are not finite numbers, e.g. nan for user 1 and movie 'a+2001'"),
+                   "4 values that are not finite numbers of at most 1e+09 in magnitude, e.g. nan for user 1 and movie "
+                   "'a+2001'"),
     "not numbers": ("def predict(users, movies):\n    return ['high'] * len(users)\n", "returned list, not numbers"),
 }
 
@@ -360,3 +361,61 @@ def test_a_scorer_that_cannot_be_found_is_a_one_line_error_before_the_audit_runs
     done = run_cli("recaudit", "audit", "--db", db, "--config", str(tmp_path / "recaudit.toml"), "--only", "fairness")
     assert done.returncode == 2 and message in done.stderr.decode() and b"Traceback" not in done.stderr
     assert done.stderr.decode().count("\n") == 1
+
+
+ROW = {"time": "2024-01-01T10:00:00", "user_id": 1, "movie_id": "heat+1995", "prediction": 3.5}
+
+
+def test_an_event_with_a_prediction_key_of_its_own_is_still_an_event(store, tmp_path):
+    # Events may carry keys the format does not name; only an object of a prediction's columns
+    # (and nothing else) makes a predictions file.
+    event = {"time": "2024-01-01T10:00:00", "user_id": 1, "event": "watch", "movie_id": "heat+1995", "minute": 1}
+    (tmp_path / "e.jsonl").write_text(json.dumps({**event, "prediction": 0.9}) + "\n" + json.dumps(event) + "\n")
+    [result] = ingest(store, [str(tmp_path / "e.jsonl")]).sources
+    assert result.kind == "events" and result.stored["watch"] == 2 and result.quarantined == 0
+
+
+@pytest.mark.parametrize("name, text", [
+    ("blank.jsonl", "\n" + json.dumps(ROW) + "\n"),
+    ("blank.csv", "\ntime,user_id,movie_id,prediction\n2024-01-01T10:00:00,1,heat+1995,3.5\n"),
+    ("bom.jsonl", "\ufeff" + json.dumps(ROW) + "\n"),
+])
+def test_a_predictions_file_is_recognised_past_blank_lines_and_a_byte_order_mark(store, tmp_path, name, text):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    [result] = ingest(store, [str(tmp_path / name)]).sources
+    assert result.kind == "predictions" and result.stored["predictions"] == 1 and result.quarantined == 0
+
+
+def test_a_gzip_compressed_predictions_file_is_a_one_line_error_not_a_log_of_rejects(tmp_path):
+    import gzip
+
+    (tmp_path / "p.csv.gz").write_bytes(gzip.compress(b"time,user_id,movie_id,prediction\n"
+                                                      b"2024-01-01T10:00:00,1,heat+1995,3.5\n"))
+    done = run_cli("recaudit", "ingest", "--db", str(tmp_path / "x.db"), str(tmp_path / "p.csv.gz"))
+    assert done.returncode == 2 and b"gzip-compressed predictions file" in done.stderr
+    assert done.stderr.decode().count("\n") == 1 and b"Traceback" not in done.stderr
+
+
+def test_duplicate_json_keys_and_predictions_beyond_any_scale_are_quarantined(store, tmp_path):
+    twice = json.dumps(ROW)[:-1] + ', "prediction": 5.0}'
+    (tmp_path / "p.jsonl").write_text("\n".join([json.dumps(ROW), twice, json.dumps({**ROW, "prediction": 1e308}),
+                                                 json.dumps({**ROW, "user_id": 2, "prediction": -1e10})]) + "\n")
+    [result] = ingest(store, [str(tmp_path / "p.jsonl")]).sources
+    assert (result.lines, result.stored["predictions"], result.quarantined) == (4, 1, 3)
+    assert store.read("quarantine")["reason"].tolist() == [
+        "duplicate JSON key", "prediction beyond 1e+09 in magnitude", "prediction beyond 1e+09 in magnitude"]
+
+
+def test_a_run_without_a_single_scored_rating_still_names_its_model_and_the_reason_on_its_page(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    (tmp_path / "e.log").write_text(LOG)
+    (tmp_path / "p.csv").write_text("time,user_id,movie_id,prediction,model\n"
+                                    "2024-01-02T23:00:00,1,a+2001,3.0,after</script>\n")  # after every rating
+    assert run_cli("recaudit", "ingest", "--db", db, str(tmp_path / "e.log"), str(tmp_path / "p.csv")).returncode == 0
+    done = run_cli("recaudit", "audit", "--db", db, "--only", "fairness", "--since", "2024-01-02",
+                   "--until", "2024-01-03", "--out", str(tmp_path / "out"), "--json")
+    run = json.loads(done.stdout)
+    assert run["audits"]["fairness"]["status"] == "insufficient_data"
+    page = (tmp_path / "out" / "runs" / str(run["run_id"]) / "index.html").read_text()
+    assert "Model audited: <code>after&lt;/script&gt;</code>, from its stored predictions" in page
+    assert "has a prediction by" in page and "</script>," not in page

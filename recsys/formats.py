@@ -132,7 +132,13 @@ def _read_csv(path: Path, header: list[str], kind: str,
                              line=1)
     rows = []
     start = reader.line_num
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as exc:  # a field beyond csv's limit (128 KiB): the row is a reject, the rest is read
+            fields = RowError(f"not a CSV row ({exc})")
+        if fields is None:
+            break
         end = reader.line_num
         raw = "\n".join(lines[start:end])
         if raw.strip():
@@ -152,6 +158,8 @@ def _read_table(path: str | Path, name: str, header: list[str], parse,
     width = len(header) + len(attributes)
     for line, raw, fields in rows:
         try:
+            if isinstance(fields, RowError):
+                raise fields
             if len(fields) != width:
                 raise RowError(f"expected {width} fields, got {len(fields)}")
             row = parse(fields[:len(header)]) + tuple(v.strip() or None for v in fields[len(header):])

@@ -34,8 +34,18 @@ def environment():
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["percent"] = lambda v: "–" if _missing(v) else (f"{v:.1f}%" if v >= 0.1 or v == 0 else f"{v:.2g}%")
     env.filters["number"] = lambda v: "–" if _missing(v) else (f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}")
+    env.filters["grouped"] = _grouped
     env.globals["charts"] = charts
     return env
+
+
+def _grouped(rows: list[dict], key: str) -> list[tuple]:
+    """(value, rows) of `rows` by `key`, in the order the values first appear: the audit's own
+    order (the configured dimensions), where jinja's groupby would sort them."""
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[key], []).append(row)
+    return list(out.items())
 
 
 def _missing(value) -> bool:

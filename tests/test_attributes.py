@@ -309,3 +309,13 @@ def test_users_with_more_attributes_than_sqlite_joins_at_once_read_back_whole(st
     users = store.read("users")
     assert list(users.columns[-70:]) == sorted(names) and users["user_id"].tolist() == [0, 1, 2]
     assert users.loc[users.user_id == 2, "a69"].item() == "2-69" and users.loc[users.user_id == 0, "a7"].item() == "0-7"
+
+
+def test_a_field_beyond_csv_s_limit_is_quarantined_and_the_rest_of_the_file_stored(store, tmp_path):
+    write(tmp_path / "users.csv", "user_id,age,gender,occupation,bio\n1,30,M,writer,short\n"
+          f"2,30,M,writer,{'x' * 200_000}\n3,40,F,doctor,ok\n")
+    [result] = ingest(store, [str(tmp_path / "users.csv")]).sources
+    assert (result.lines, result.stored["users"], result.quarantined) == (3, 2, 1)
+    [reason] = store.read("quarantine")["reason"].tolist()
+    assert reason.startswith("not a CSV row (field larger than field limit")
+    assert store.read("users")["bio"].tolist() == ["short", "ok"]

@@ -117,3 +117,18 @@ def test_a_page_read_while_the_pages_are_rendered_again_is_never_empty_or_cut_sh
         store.close()
     assert len(reads) >= len(files) and partial == []
     assert list(out.rglob("*.tmp")) == []  # no temporary file is left behind
+
+
+def test_an_audit_s_tables_come_in_the_order_of_its_dimensions_not_alphabetically():
+    import numpy as np
+
+    import recaudit
+
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(60), 5)
+    ratings = pd.DataFrame({"user_id": user, "rating": rng.integers(1, 6, user.size).astype(float),
+                            "prediction": 3.0, "sex": np.where(user < 30, "F", "M"),
+                            "age_group": np.where(user % 2, "teen", "senior"), "region": np.where(user < 20, "n", "s")})
+    page = recaudit.fairness(ratings, dimensions=["sex", "region", "age_group"],
+                             config={"fairness": {"resamples": 20}})._repr_html_()
+    assert page.index("By sex") < page.index("By region") < page.index("By age_group")

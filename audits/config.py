@@ -318,9 +318,12 @@ class Fairness(Table):
     min_group_size: int = Field(100, ge=1, description="ratings; smaller groups are reported as insufficient, "
                                                        "without a verdict")
     min_group_users: int = Field(20, ge=1, description="users, likewise")
-    resamples: int = Field(200, ge=1, description="bootstrap resamples of users")
-    confidence: float = Field(0.95, gt=0, lt=1, description="of the bootstrap intervals")
-    seed: int = Field(0, ge=0, description="the seed of the resampling")
+    resamples: int = Field(2000, ge=1, description="bootstrap resamples of users, for the percentile intervals")
+    permutations: int = Field(2000, ge=1, description="shuffles of the group labels over users, for the test of "
+                                                      "a dimension's gap (worst − best of its groups)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="of the intervals; 1 − confidence is the test's level")
+    power: float = Field(0.8, gt=0, lt=1, description="of the smallest detectable gap reported per dimension")
+    seed: int = Field(0, ge=0, description="the seed of the resampling and of the shuffles")
     gap_thresholds: GapThresholds = Field(default_factory=GapThresholds, description="per accuracy metric")
     severity: Severity = Field("warning", description="the severity of a fairness finding")
     k: int = Field(20, ge=1, description="ranking quality at k")
@@ -396,10 +399,13 @@ class Exposure(Table):
     min_group_users: int = Field(20, ge=1, description="users of a group of users who were served, likewise")
     gap_thresholds: ExposureGapThresholds = Field(default_factory=ExposureGapThresholds,
                                                   description="per metric of the users' side")
-    resamples: int = Field(1000, ge=2, description="bootstrap resamples of users")
-    confidence: float = Field(0.95, gt=0, lt=1, description="of the intervals (adjusted for the groups compared "
-                                                            "when a finding is picked from several)")
-    seed: int = Field(0, ge=0, description="the seed of the resampling")
+    resamples: int = Field(2000, ge=2, description="bootstrap resamples of users, for the percentile intervals")
+    permutations: int = Field(2000, ge=1, description="shuffles of the group labels over users, for the test of a "
+                                                      "gap between groups of users")
+    confidence: float = Field(0.95, gt=0, lt=1, description="of the intervals; 1 − confidence, shared among the gaps "
+                                                            "and among the movie groups a run tests, is the level "
+                                                            "of a finding")
+    seed: int = Field(0, ge=0, description="the seed of the resampling and of the shuffles")
     severity: Severity = Field("warning", description="the severity of an exposure finding")
 
 

@@ -8,16 +8,25 @@ does the grouping and only the counts travel (a day of 8 M events becomes a few 
 rows). Both give the same numbers for the same events: movie ids come back as text whichever way
 they were stored, and days are counted since 1970-01-01 in UTC, so that per-day aggregates do
 not depend on a window's length.
+
+Every answer about users comes with the user it belongs to (a `user_id` column), because the
+drift audit's noise floor permutes whole users (see `recaudit.audits.drift.compare`). When a
+window holds more values than the audit compares, the users are sampled, not their values:
+`sample_users` keeps the first users in the order of a seeded hash of their id (`user_keys`),
+as many as fit in the bound. The hash is integer arithmetic that SQLite, PostgreSQL and numpy
+compute alike, so the store reads only the sampled users' rows of the largest aggregates
+(`StoreSource._sampled`) and still keeps exactly the users that frames keep.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, select, union
+from sqlalchemy import BigInteger, and_, cast, func, select, union
 
 from recaudit.audits import activity
 from recaudit.audits.activity import day_of, items_of_requests
@@ -39,6 +48,48 @@ from recaudit.recsys.formats import attribute_columns
 
 USER_COLUMNS = ["user_id", "age", "age_group", "gender", "occupation"]  # as Store.read("users") gives them
 
+# The hash of a user id that orders users for sampling: a multiply-add, then two rounds of
+# squaring (which mixes where a multiply-add alone would keep neighbouring ids evenly spaced),
+# each modulo the prime 2^31 - 1. Every product stays below 2^62, so a 64-bit integer in SQLite,
+# PostgreSQL or numpy never overflows, and `%` is only ever taken of a non-negative number.
+PRIME = 2**31 - 1
+MULTIPLIER = 916_132_832  # below 2^30: (id mod PRIME + PRIME) * MULTIPLIER < 2^62
+
+
+def _salts(seed: int) -> list[int]:
+    return np.random.default_rng([seed, 0x5EED]).integers(0, PRIME, 3).tolist()
+
+
+def user_keys(user_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Each user's place in the seeded order of `sample_users` (a hash of the id below PRIME)."""
+    a, b, c = _salts(seed)
+    x = np.fmod(np.asarray(user_ids, dtype=np.int64), PRIME) + PRIME  # as SQL's %: the dividend's sign
+    h = (x * MULTIPLIER + a) % PRIME
+    h = (h * h + b) % PRIME
+    return (h * h + c) % PRIME
+
+
+def user_key_sql(user_id, seed: int):
+    """`user_keys` as a SQL expression of a user id column."""
+    a, b, c = _salts(seed)
+    h = ((cast(user_id, BigInteger) % PRIME + PRIME) * MULTIPLIER + a) % PRIME  # 64-bit, whatever the column
+    h = (h * h + b) % PRIME
+    return (h * h + c) % PRIME
+
+
+def sample_users(counts: pd.DataFrame, limit: int, seed: int, unit: str = "user_id") -> pd.DataFrame:
+    """The rows of the users a seeded sample of at most `limit` values keeps: every row when the
+    counts (`n`) add up to no more, else the users taken in `user_keys` order (ties by id) while
+    their values fit, and at least the first. A user's values all go, or none do."""
+    totals = counts.groupby(unit)["n"].sum()
+    if totals.sum() <= limit:
+        return counts
+    ids = totals.index.to_numpy(dtype=np.int64)
+    order = np.lexsort((ids, user_keys(ids, seed)))
+    fits = np.cumsum(totals.to_numpy()[order]) <= limit
+    fits[0] = True
+    return counts[counts[unit].isin(ids[order[fits]])]
+
 
 class SignalSource(ABC):
     """One window's events, as the drift signals read them.
@@ -55,8 +106,13 @@ class SignalSource(ABC):
         indexed by the value; `successful` counts only requests answered with status 200."""
 
     @abstractmethod
-    def ratings_per_user_day(self) -> pd.Series:
-        """The number of ratings of each user on each day they rated."""
+    def ratings_by_user(self, limit: int, seed: int) -> pd.DataFrame:
+        """(user_id, rating, n): how often each user gave each rating, for the users that
+        `sample_users(limit, seed)` keeps."""
+
+    @abstractmethod
+    def ratings_per_user_day(self) -> pd.DataFrame:
+        """(user_id, day, n): the number of ratings of each user on each day they rated."""
 
     @abstractmethod
     def watch_sessions(self) -> pd.DataFrame:
@@ -72,21 +128,18 @@ class SignalSource(ABC):
         """The attributes users have (beyond USER_COLUMNS)."""
 
     @abstractmethod
-    def attribute_counts(self, name: str) -> pd.Series:
-        """Active user-days (as `active_user_days` counts them) per value of a user attribute,
-        indexed by the value (None for users without it)."""
+    def attribute_counts(self, name: str) -> pd.DataFrame:
+        """(user_id, value, n): each active user's active days (as `active_user_days` counts
+        them) with their value of a user attribute (None for users without it)."""
 
     @abstractmethod
-    def recommended_counts(self) -> pd.Series:
-        """How often each movie was recommended by the window's requests, by movie id."""
+    def recommended_by_user(self, limit: int, seed: int) -> pd.DataFrame:
+        """(user_id, movie_id, n): how often the window's requests recommended each movie to
+        each user, for the users that `sample_users(limit, seed)` keeps."""
 
     @abstractmethod
     def genres(self) -> pd.Series:
         """Each known movie's genres ("Drama|Horror"), by movie id."""
-
-    @abstractmethod
-    def recommended_pairs(self) -> pd.DataFrame:
-        """(user_id, movie_id): every movie recommended to a user by the window's requests."""
 
     @cached_property
     def sessions(self) -> pd.DataFrame:
@@ -104,6 +157,13 @@ class SignalSource(ABC):
         counts = s.groupby("movie_id", observed=True).size()
         counts.index = counts.index.astype(str)
         return counts
+
+    def watched_by_user(self, half: int | None = None) -> pd.DataFrame:
+        """(user_id, movie_id, n): sessions (user-days) per user and movie; `half` as above."""
+        s = self.sessions
+        if half is not None:
+            s = s[_half(s["user_id"]) == half]
+        return s.groupby(["user_id", "movie_id"], observed=True).size().rename("n").reset_index()
 
 
 def _half(user_ids: pd.Series) -> np.ndarray:
@@ -145,8 +205,13 @@ class FrameSource(SignalSource):
             df = df[df["status"] == STATUS_OK]
         return df[column].value_counts().sort_index()
 
+    def ratings_by_user(self, limit, seed):
+        counts = self.ratings.groupby(["user_id", "rating"]).size().rename("n").reset_index()
+        return sample_users(counts.astype({"user_id": np.int64, "n": np.int64}), limit, seed)
+
     def ratings_per_user_day(self):
-        return self.ratings.groupby([self.ratings["user_id"], activity.days_since_epoch(self.ratings["time"])]).size()
+        day = pd.Series(activity.days_since_epoch(self.ratings["time"]), index=self.ratings.index, name="day")
+        return self.ratings.groupby([self.ratings["user_id"], day]).size().rename("n").reset_index()
 
     def watch_sessions(self):
         return activity.sessions_of(self.watches)
@@ -162,20 +227,19 @@ class FrameSource(SignalSource):
         return attribute_columns(self.users, "users")
 
     def attribute_counts(self, name):
-        return self.active[["user_id"]].merge(self.users[["user_id", name]], on="user_id", how="left")[name] \
-            .value_counts(dropna=False)
+        days = self.active.groupby("user_id").size().rename("n").reset_index()
+        values = self.users[["user_id", name]].rename(columns={name: "value"}).astype({"user_id": np.int64})
+        return days.merge(values, on="user_id", how="left")[["user_id", "value", "n"]]
 
-    def recommended_counts(self):
-        counts = activity.listed_items(self.recommendations, self.items)["movie_id"].astype(str).value_counts()
-        return counts.sort_index()
+    def recommended_by_user(self, limit, seed):
+        items = activity.listed_items(self.recommendations, self.items)
+        counts = items.groupby(["user_id", "movie_id"], observed=True).size().rename("n").reset_index()
+        return sample_users(counts.astype({"user_id": np.int64, "n": np.int64}), limit, seed)
 
     def genres(self):
         if self.movies is None:
             return pd.Series(dtype=object)
         return pd.Series(self.movies["genres"].to_numpy(), index=self.movies["movie_id"].astype(str).to_numpy())
-
-    def recommended_pairs(self):
-        return activity.listed_items(self.recommendations, self.items)
 
 
 class StoreSource(SignalSource):
@@ -195,11 +259,36 @@ class StoreSource(SignalSource):
         df = self.store.frame(query, fixed=True)
         return pd.Series(df["n"].to_numpy(dtype=np.int64), index=df["value"].to_numpy(dtype=np.int64))
 
+    def _sampled(self, user, columns: list, source, where: list, limit: int, seed: int) -> pd.DataFrame:
+        """(user_id, *columns, n): the rows of `source` matching `where`, counted by user and
+        `columns`, for the users `sample_users(limit, seed)` keeps.
+
+        A window with more than `limit` rows is read for a share of its users: those whose key
+        (`user_key_sql`) is below a bound, expected to hold twice the sample. The users the
+        sample keeps come first in key order, so they are all among them once those users hold
+        `limit` values; the share doubles until they do. Only the sampled users' rows travel.
+        """
+        total = self.store.frame(select(func.count().label("n")).select_from(source).where(*where))["n"].iloc[0]
+        share = 2 * limit / total if total > limit else 1.0
+        keys = ["user_id", *(c.name for c in columns)]
+        while True:
+            some = [] if share >= 1 else [user_key_sql(user, seed) < math.ceil(share * PRIME)]
+            query = (select(user.label("user_id"), *columns, func.count().label("n")).select_from(source)
+                     .where(*where, *some).group_by(user, *columns).order_by(user, *columns))
+            counts = self.store.frame(query, fixed=True)
+            if share >= 1 or counts["n"].sum() >= limit:
+                return sample_users(counts, limit, seed)[keys + ["n"]].reset_index(drop=True)
+            share *= 2
+
+    def ratings_by_user(self, limit, seed):
+        return self._sampled(ratings.c.user_id, [ratings.c.rating], ratings,
+                             between(ratings.c.time, self.since, self.until), limit, seed)
+
     def ratings_per_user_day(self):
         day = day_of(ratings.c.time, self.store.dialect).label("day")
         query = (select(ratings.c.user_id, day, func.count().label("n"))
                  .where(*between(ratings.c.time, self.since, self.until)).group_by(ratings.c.user_id, day))
-        return self.store.frame(query, fixed=True)["n"]
+        return self.store.frame(query, fixed=True)
 
     def watch_sessions(self):
         return activity.watch_sessions(self.store, self.since, self.until)
@@ -229,23 +318,18 @@ class StoreSource(SignalSource):
 
     def attribute_counts(self, name):
         active, a = self._active(), user_attributes.c
-        query = (select(a.value, func.count().label("n"))
+        query = (select(active.c.user_id, a.value, func.count().label("n"))
                  .select_from(active.outerjoin(user_attributes, and_(a.user_id == active.c.user_id, a.name == name)))
-                 .group_by(a.value))
-        df = self.store.frame(query)
-        return pd.Series(df["n"].to_numpy(dtype=np.int64), index=pd.Index(df["value"].to_numpy(dtype=object)))
+                 .group_by(active.c.user_id, a.value))
+        return self.store.frame(query).astype({"user_id": np.int64, "value": object, "n": np.int64})
 
-    def recommended_counts(self):
-        counts = activity.recommended_counts(self.store, self.since, self.until)
-        return pd.Series(counts["n"].to_numpy(), index=counts["movie_id"].astype(str).to_numpy())
+    def recommended_by_user(self, limit, seed):
+        counts = self._sampled(recommendations.c.user_id, [recommendation_items.c.movie_key], items_of_requests(),
+                               between(recommendations.c.time, self.since, self.until), limit, seed)
+        return self.store.with_movie_ids(counts)
 
     def genres(self):
         query = select(movie_keys.c.movie_id, movies.c.genres).join(movie_keys, movie_keys.c.key == movies.c.movie_key)
         df = self.store.frame(query)
         return pd.Series(df["genres"].to_numpy(), index=df["movie_id"].astype(str).to_numpy())
 
-    def recommended_pairs(self):
-        query = (select(recommendations.c.user_id, recommendation_items.c.movie_key)
-                 .select_from(items_of_requests())
-                 .where(*between(recommendations.c.time, self.since, self.until)))
-        return self.store.with_movie_ids(self.store.frame(query, fixed=True))

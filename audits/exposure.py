@@ -9,8 +9,9 @@ online success rate (a served list succeeds when its user watches one of its mov
 ``online.success_horizon``, found as the online audit finds it) and the MRR of the served lists
 (1/rank of the first listed movie watched within the horizon, 0 when none), both over requests.
 The gap of a dimension is best − worst over the groups with enough requests and users, and a
-finding needs the gap above its threshold and its interval, adjusted for the pairs of groups it
-was picked from, above zero: the accuracy gaps of the fairness audit, for what was served.
+finding needs the gap above its threshold and a permutation test of best − worst over all the
+groups (`gaps`), at the level shared among the gaps the run tests, to pass: the accuracy gaps of
+the fairness audit, for what was served.
 
 Item side, for each movie grouping (``exposure.movie_groups``): genre (a movie is in each of its
 genres), popularity tier (head, middle and tail of the previous window's viewing, as drift
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
-from recaudit.audits import activity, bootstrap, groups, online
+from recaudit.audits import activity, bootstrap, gaps, groups, online
 from recaudit.audits import config as configuration
 from recaudit.audits.drift import popularity_tiers
 from recaudit.audits.result import AuditResult, Finding, finite
@@ -79,6 +80,7 @@ class _Block:
     labels: np.ndarray
     columns: slice
     members: np.ndarray  # distinct users per group (who requested, or who watched)
+    users: gaps.UserSums | None = None  # the user side's per-user sums, for the permutation test
 
     def part(self, values: np.ndarray, i: int) -> np.ndarray:
         """The i-th part of the block's columns of `values` (totals, or resamples × columns)."""
@@ -132,8 +134,8 @@ def assess(follow: pd.DataFrame, slots: pd.DataFrame, viewings: pd.DataFrame, be
     Parameters
     ----------
     follow : DataFrame
-        The window's answered requests whose horizon has passed, as `online.follow_ups` gives
-        them (user_id, success, first_rank).
+        The answered requests whose horizon ends in the window (`online.judged_span`), as
+        `online.followed_requests` gives them (user_id, success, first_rank).
     slots : DataFrame
         (user_id, movie_id, n): how many slots of the window's served lists held each movie,
         per user they were served to.
@@ -195,8 +197,10 @@ def assess(follow: pd.DataFrame, slots: pd.DataFrame, viewings: pd.DataFrame, be
         "exposure.slots": float(total[totals][0]), "exposure.viewings": float(total[totals][1])}
     # Each run tests every gap and every movie group: a finding must stand beyond chance for
     # the whole family of its side, or some clean run in a few would have one.
-    pairs = [int(_served_enough(b, total, settings).sum()) for b in user_blocks.values()]
-    user_tests = len(USER_METRICS) * sum(m * (m - 1) // 2 for m in pairs)
+    # On the user side, a permutation test per gap accounts for picking the best and the worst
+    # of a dimension's groups; the gaps are tested at the level shared among all of them.
+    compared = sum(int(_served_enough(b, total, settings).sum()) >= 2 for b in user_blocks.values())
+    user_tests = len(USER_METRICS) * compared
     movie_tests = sum(int(_watched_enough(b, total, settings).sum()) for b in movie_blocks.values())
     user_rows = []
     for dim, block in user_blocks.items():
@@ -236,7 +240,10 @@ def _user_side(sums: _Sums, ids: np.ndarray, follow: pd.DataFrame, users: pd.Dat
         columns = sums.add(np.tile(rows, 3), np.concatenate([code, code + g, code + 2 * g]),
                            np.concatenate([per_user[c].to_numpy(dtype=float) for c in ("requests", "successes",
                                                                                        "rr")]), 3 * g)
-        blocks[dim] = _Block(names.astype(object), columns, np.bincount(code, minlength=g))
+        blocks[dim] = _Block(names.astype(object), columns, np.bincount(code, minlength=g),
+                             gaps.UserSums(code, per_user["requests"].to_numpy(dtype=float),
+                                           {m: per_user[c].to_numpy(dtype=float)
+                                            for m, c in (("success_rate", "successes"), ("mrr", "rr"))}, g))
     return blocks
 
 
@@ -283,6 +290,8 @@ def _watched_enough(block: _Block, total: np.ndarray, settings: dict) -> np.ndar
 
 def _user_groups(dim: str, block: _Block, total: np.ndarray, draws: np.ndarray, tests: int, settings: dict,
                  config: dict, metrics: dict) -> tuple[list[dict], list[Finding]]:
+    """The groups of users of one dimension, and the gap findings among them; `tests` is the
+    number of gaps the run tests on the user side."""
     age_bins = config["groups"]["age"]
     requests, successes, rr = (block.part(total, i) for i in range(3))
     values = {"success_rate": _ratio(successes, requests), "mrr": _ratio(rr, requests)}
@@ -306,41 +315,48 @@ def _user_groups(dim: str, block: _Block, total: np.ndarray, draws: np.ndarray, 
     findings = _too_little(dim, rows, f"{settings['min_group_requests']} requests or {settings['min_group_users']} "
                            "users", lambda r: f"{r['label']} ({r['requests']:,} requests by {r['users']:,} users)",
                            groups.DIMENSION_WORDS.get(dim, dim))
+    eligible = np.flatnonzero(sufficient)
+    level = (1 - settings["confidence"]) / max(tests, 1)
+    test = (gaps.permutation_tests(gaps.among(block.users, eligible), gaps.shuffles(level, settings["permutations"]),
+                                   settings["seed"], level) if len(eligible) >= 2 else None)
     for metric in USER_METRICS:
-        findings += _gap(dim, metric, rows, values[metric], resampled[metric], sufficient, tests, settings, metrics)
+        findings += _gap(dim, metric, rows, values[metric], resampled[metric], sufficient,
+                         None if test is None else test[metric], tests, settings, metrics)
     return rows, findings
 
 
 def _gap(dim: str, metric: str, rows: list[dict], values: np.ndarray, resampled: np.ndarray,
-         sufficient: np.ndarray, tests: int, settings: dict, metrics: dict) -> list[Finding]:
-    """best − worst of the sufficient groups, its interval from the same two groups' difference
-    over the resamples at the confidence adjusted for the side's `tests`, and a finding beyond
-    threshold and chance."""
+         sufficient: np.ndarray, test: gaps.GapTest | None, tests: int, settings: dict, metrics: dict) -> list[Finding]:
+    """best − worst of the sufficient groups, its percentile interval from the same two groups'
+    difference over the resamples, its permutation test (`gaps`), and a finding when it is above
+    its threshold and its p-value below the level shared by the run's `tests` gaps."""
     key = f"exposure.{metric}_gap.{dim}"
     eligible = np.flatnonzero(sufficient)
-    for suffix in ("", "_low", "_high"):
+    for suffix in ("", "_low", "_high", "_p"):
         metrics[f"exposure.{metric}_gap{suffix}.{dim}"] = None
-    if len(eligible) < 2:
+    if test is None:
         return []
     best = eligible[np.argmax(values[eligible])]
     worst = eligible[np.argmin(values[eligible])]
     gap = float(values[best] - values[worst])
-    confidence = bootstrap.adjusted(settings["confidence"], tests)
-    interval = bootstrap.normal_interval(gap, resampled[:, best] - resampled[:, worst], confidence)
-    metrics[key] = gap
-    if interval is not None:
-        metrics[f"exposure.{metric}_gap_low.{dim}"], metrics[f"exposure.{metric}_gap_high.{dim}"] = interval
+    spread = resampled[:, best] - resampled[:, worst]
+    spread = spread[np.isfinite(spread)]
+    low, high = (float(v[0]) for v in bootstrap.percentiles(spread[:, None], settings["confidence"]))
+    level = (1 - settings["confidence"]) / max(tests, 1)
+    metrics.update({key: gap, f"exposure.{metric}_gap_low.{dim}": low, f"exposure.{metric}_gap_high.{dim}": high,
+                    f"exposure.{metric}_gap_p.{dim}": test.p_value})
     threshold = settings["gap_thresholds"][metric]
-    if interval is None or gap <= threshold or interval[0] <= 0:
+    if gap <= threshold or test.p_value >= level:
         return []
     w, b = rows[worst], rows[best]
     points = (lambda v: f"{v * 100:.1f}%") if metric == "success_rate" else (lambda v: f"{v:.3f}")
-    adjusted = "" if tests == 1 else f", adjusted for {tests} comparisons"
+    shared = "" if tests == 1 else f" for the {tests} gaps tested"
     message = (f"{USER_METRICS[metric]} is {points(w[metric])} for {w['label']} against {points(b[metric])} for "
-               f"{b['label']}: a gap of {_gap_text(metric, gap)} ({confidence:.1%} interval "
-               f"{_gap_text(metric, interval[0])} to {_gap_text(metric, interval[1])}{adjusted}) above the threshold "
-               f"{_gap_text(metric, threshold)}; {w['requests']:,} requests by {w['users']:,} users against "
-               f"{b['requests']:,} by {b['users']:,}")
+               f"{b['label']}: a gap of {_gap_text(metric, gap)} ({settings['confidence']:.0%} interval "
+               f"{_gap_text(metric, low)} to {_gap_text(metric, high)}) above the threshold "
+               f"{_gap_text(metric, threshold)}, beyond chance over {len(eligible)} groups (permutation test p = "
+               f"{test.p_value:.2g}, below {level:.2g}{shared}); {w['requests']:,} requests by {w['users']:,} users "
+               f"against {b['requests']:,} by {b['users']:,}")
     return [Finding("exposure", key, settings["severity"], message, gap, threshold, kind="exposure_gap")]
 
 
@@ -445,8 +461,10 @@ def exposure(recommendations, items: pd.DataFrame | None = None, watches: pd.Dat
         with its recommendations, items and watches frames; or the recommendations frame
         alone, with `items` and `watches` given beside it. The frames are shaped as
         `recaudit.recsys.events` parses them, or as `Store.read` returns them. Watches before
-        `since` draw the popularity tiers (the window of the same length before), and watches
-        after `until` are the follow-ups of the window's last requests.
+        `since` draw the popularity tiers (the window of the same length before). Success is
+        judged as the online audit judges it: for the served lists whose horizon ends in the
+        window (made from `since` − horizon to `until` − horizon); those of its last horizon
+        are judged by the next window.
     users : DataFrame, optional
         users.csv as `recaudit.recsys.formats.read_users_csv` reads it; without it every user
         is in the "unknown" group of each dimension.

@@ -4,6 +4,13 @@ A recommendation to user u at time t succeeds when u watches any of its movies i
 (t, t + horizon] (15 minutes by default). The join is a sorted as-of merge per
 (user, movie) pair, never a loop per recommendation.
 
+Whether a request succeeded is known at t + horizon, so a window [since, until) judges the
+requests whose horizon ends in it (`judged_span`): those made from since - horizon to
+until - horizon, once the events go past their horizon. Consecutive windows judge each request
+once, and a window audited again later gives the same figures. The requests made in a window's
+last horizon are pending, for the next window; so are those whose horizon the events have not
+reached yet, which only a window audited before its data were complete has.
+
 `audit` (the CLI and the scheduler) and `online` (a notebook's frames) find the follow-ups the
 same way, from the stored watch spans or from the spans the frames' watches make, and hand them
 to `measure`.
@@ -115,36 +122,60 @@ def _quarters(since, until, horizon: pd.Timedelta) -> tuple[int, int]:
     return first, last
 
 
+def judged_span(since, until, latest, horizon: str = HORIZON) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[first, last): when the requests the window [since, until) judges were made.
+
+    The success of a request at t is decided at t + horizon, so the window judges the requests
+    whose horizon ends in it (t + horizon in [since, until)) and before `latest`, the latest
+    event (none after it says what happened by then; with None, every one). The requests made
+    from `last` to `until` are pending: those of the window's last horizon for the next window,
+    and any before them only while the events stop short of the window's end.
+    """
+    h = pd.Timedelta(horizon)
+    since, until = pd.Timestamp(since), pd.Timestamp(until)
+    reach = until if latest is None else min(until, pd.Timestamp(latest))
+    return since - h, max(since, reach) - h
+
+
 def followed_requests(store, since, until, horizon: str = HORIZON) -> pd.DataFrame:
-    """`follow_ups` of the stored requests in [since, until) whose horizon has passed by the
-    latest stored event (a request of the last minutes has not had its chance yet): from the
+    """`follow_ups` of the stored requests the window [since, until) judges (`judged_span`):
+    those whose horizon ends in the window, by the latest stored event."""
+    first, last = judged_span(since, until, store.latest_event_time(), horizon)
+    return _followed_in_store(store, store.read("recommendations", first, last), first, last, horizon)
+
+
+def _followed_in_store(store, recommendations: pd.DataFrame, first, last, horizon: str) -> pd.DataFrame:
+    """`follow_ups` of `recommendations`, the stored requests made in [first, last): from the
     watch spans when the horizon allows (a few rows per watched movie), else from every watch."""
-    recommendations = _due(store.read("recommendations", since, until), store.latest_event_time(), horizon)
     if _spans_suffice(horizon):
-        return follow_ups_from_spans(recommendations, followed_items(store, since, until, pd.Timedelta(horizon)),
+        return follow_ups_from_spans(recommendations, followed_items(store, first, last, pd.Timedelta(horizon)),
                                      horizon)
-    return follow_ups(recommendations, store.read("items", since, until),
-                      store.read("watches", since, pd.Timestamp(until) + pd.Timedelta(horizon)), horizon)
+    return follow_ups(recommendations, store.read("items", first, last),
+                      store.read("watches", first, pd.Timestamp(last) + pd.Timedelta(horizon)), horizon)
 
 
 def followed_requests_of_frames(recommendations: pd.DataFrame, items: pd.DataFrame, watches: pd.DataFrame,
                                 since, until, horizon: str = HORIZON) -> pd.DataFrame:
     """`followed_requests` of frames: the latest event is the latest of these frames, and the
     spans are those their watches make, so that the answer is the store's for the same events."""
-    latest = max([f["time"].max() for f in (recommendations, watches) if len(f)], default=None)
-    due = _due(activity.within(recommendations, since, until), latest, horizon)
+    first, last = judged_span(since, until, _latest_of(recommendations, watches), horizon)
+    return _followed_in_frames(recommendations, items, watches, first, last, horizon)
+
+
+def _followed_in_frames(recommendations: pd.DataFrame, items: pd.DataFrame, watches: pd.DataFrame, first, last,
+                        horizon: str) -> pd.DataFrame:
+    """`follow_ups` of the requests of the frames made in [first, last)."""
+    made = activity.within(recommendations, first, last)
     if _spans_suffice(horizon):
-        followed = followed_items_of_frames(recommendations, items, watches, since, until, pd.Timedelta(horizon))
-        return follow_ups_from_spans(due, followed, horizon)
-    return follow_ups(due, items, activity.within(watches, since, pd.Timestamp(until) + pd.Timedelta(horizon)), horizon)
+        followed = followed_items_of_frames(recommendations, items, watches, first, last, pd.Timedelta(horizon))
+        return follow_ups_from_spans(made, followed, horizon)
+    return follow_ups(made, items, activity.within(watches, first, pd.Timestamp(last) + pd.Timedelta(horizon)),
+                      horizon)
 
 
-def _due(recommendations: pd.DataFrame, latest, horizon: str) -> pd.DataFrame:
-    """The requests whose horizon has passed by `latest` (every one when nothing says how far
-    the log goes)."""
-    if latest is None:
-        return recommendations
-    return recommendations[recommendations["time"] + pd.Timedelta(horizon) <= latest]
+def _latest_of(recommendations: pd.DataFrame, watches: pd.DataFrame) -> pd.Timestamp | None:
+    """The latest event of the frames: how far they go."""
+    return max([f["time"].max() for f in (recommendations, watches) if len(f)], default=None)
 
 
 def _spans_suffice(horizon: str) -> bool:
@@ -154,10 +185,14 @@ def _spans_suffice(horizon: str) -> bool:
 
 def _answered(recommendations: pd.DataFrame) -> pd.DataFrame:
     """The requests that got a list, not yet followed."""
-    answered = (recommendations["status"] == 200) & (recommendations["n_items"] > 0)
     columns = [*activity.request_key(recommendations), "time", "user_id", "server"]
-    ok = recommendations.loc[answered, columns].reset_index(drop=True)
+    ok = recommendations.loc[_got_a_list(recommendations), columns].reset_index(drop=True)
     return ok.assign(success=False, first_rank=np.nan)
+
+
+def _got_a_list(recommendations: pd.DataFrame) -> pd.Series:
+    """Which requests were answered with a list: the ones a follow-up can judge."""
+    return (recommendations["status"] == 200) & (recommendations["n_items"] > 0)
 
 
 def _pair_codes(listed: pd.DataFrame, watches: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +266,13 @@ def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataF
     """The online audit over a notebook's own frames, with the metrics and findings of
     `recaudit audit --only online` over the same events.
 
+    Availability, latency and the request count are of the requests made in the window. The
+    success rate and MRR are of the answered requests whose horizon (``online.success_horizon``,
+    15 minutes by default) ends in the window: those made from `since` - horizon to
+    `until` - horizon, whose success is known by the window's end. Consecutive windows judge
+    each request once, and a window audited again later gives the same figures; the requests
+    made in its last horizon are pending, judged by the next window.
+
     Parameters
     ----------
     recommendations : ParsedEvents, mapping or DataFrame
@@ -242,12 +284,11 @@ def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataF
         `recaudit.recsys.events` parses them, or as `Store.read` returns them: recommendations
         need line, time, user_id, server, status, latency_ms and n_items; items line, rank
         and movie_id (and source_id when recommendations have one); watches time, user_id and
-        movie_id. Watches after `until` count as the follow-ups of the window's last requests;
-        a request whose horizon reaches past the latest event given is not judged yet
-        (``details["awaiting_follow_up"]``).
+        movie_id. The latest event given is how far the frames go: a request whose horizon
+        ends after it is pending too, until frames that go further are audited.
     since, until : timestamp, optional
-        The window [since, until) of requests audited, anything `pandas.Timestamp` reads; an
-        end not given is filled from the whole hours holding every event.
+        The window [since, until) audited, anything `pandas.Timestamp` reads; an end not given
+        is filled from the whole hours holding every event.
     config : dict, optional
         Settings in the shape of recaudit.toml (``{"online": {"success_horizon": "30min"}}``),
         over the defaults.
@@ -255,8 +296,12 @@ def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataF
     Returns
     -------
     AuditResult
-        ``online.*`` metrics overall and per server, and the availability, latency and
-        server-difference findings; ``insufficient_data`` when there is no request to audit.
+        ``online.*`` metrics overall and per server (``online.pending``: the answered requests
+        not judged yet), and the availability, latency and server-difference findings;
+        ``details["judged"]`` gives the number and the span of request times judged, and
+        ``details["pending"]`` those pending (``next_run``: made in the window's last horizon;
+        ``beyond_data``: whose horizon ends in the window after the latest event).
+        ``insufficient_data`` when there is no request to audit.
 
     Raises
     ------
@@ -274,8 +319,18 @@ def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataF
     >>> result = online(log)
     >>> result.metrics["online.success_rate"], result.metrics["online.mrr"]
     (1.0, 0.5)
+    >>> result.details["judged"]
+    {'requests': 1, 'since': '2024-01-01T09:45:00', 'until': '2024-01-01T10:45:00'}
     >>> online(log.recommendations, log.items, log.watches).metrics == result.metrics
     True
+
+    A window ending ten minutes after the request leaves it pending; the next window judges it:
+
+    >>> first = online(log, until="2024-01-01T10:10")
+    >>> first.metrics["online.success_rate"], first.metrics["online.pending"]
+    (None, 1.0)
+    >>> online(log, since="2024-01-01T10:10", until="2024-01-01T11:00").metrics["online.success_rate"]
+    1.0
     """
     frames = activity.given_frames("online", recommendations, {"items": items, "watches": watches})
     recommendations, items, watches = frames["recommendations"], frames["items"], frames["watches"]
@@ -289,38 +344,55 @@ def online(recommendations, items: pd.DataFrame | None = None, watches: pd.DataF
     since, until = found
     config = configuration.resolve(config)
     horizon = config["online"]["success_horizon"]
-    follow = followed_requests_of_frames(recommendations, items, watches, since, until, horizon)
-    return measure(activity.within(recommendations, since, until), follow, config["online"])
+    latest = _latest_of(recommendations, watches)
+    first, last = judged_span(since, until, latest, horizon)
+    follow = _followed_in_frames(recommendations, items, watches, first, last, horizon)
+    return measure(activity.within(recommendations, first, until), follow, config["online"], since, until, latest)
 
 
 def audit(ctx) -> AuditResult:
     """The registered audit: `measure` over the store's window."""
     settings = ctx.config["online"]
-    recommendations = ctx.store.read("recommendations", ctx.since, ctx.until)
-    follow = (followed_requests(ctx.store, ctx.since, ctx.until, settings["success_horizon"])
-              if len(recommendations) else None)
-    return measure(recommendations, follow, settings)
+    horizon = settings["success_horizon"]
+    latest = ctx.store.latest_event_time()
+    first, last = judged_span(ctx.since, ctx.until, latest, horizon)
+    requests = ctx.store.read("recommendations", first, ctx.until)
+    follow = _followed_in_store(ctx.store, activity.within(requests, first, last), first, last, horizon)
+    return measure(requests, follow, settings, ctx.since, ctx.until, latest)
 
 
-def measure(recommendations: pd.DataFrame, follow: pd.DataFrame | None, settings: dict) -> AuditResult:
-    """The audit's metrics and findings from the window's requests and the follow-ups of those
-    due (`followed_requests`, from the store or from frames: the same numbers)."""
-    if recommendations.empty:
+def measure(requests: pd.DataFrame, follow: pd.DataFrame, settings: dict, since, until, latest) -> AuditResult:
+    """The audit's metrics and findings over the window [since, until).
+
+    `requests` are those made from the horizon before `since` to `until`: availability, latency
+    and the count are of those in the window, success and MRR of those judged (`judged_span`
+    with `latest`), whose follow-ups `follow` holds (`followed_requests`, from the store or
+    from frames: the same numbers). The answered requests made after those are pending.
+    """
+    horizon = settings["success_horizon"]
+    first, last = judged_span(since, until, latest, horizon)
+    window = activity.within(requests, since, until)
+    if window.empty and follow.empty:
         return AuditResult("online", "insufficient_data",
                            details={"reason": "no recommendation requests in the window"})
-    metrics = {f"online.{k}": v for k, v in quality(recommendations, follow).items()}
-    waiting = int(((recommendations["status"] == 200) & (recommendations["n_items"] > 0)).sum()) - len(follow)
+    metrics = {f"online.{k}": v for k, v in quality(window, follow).items()}
+    waiting = activity.within(requests[_got_a_list(requests)], last, until)["time"]
+    next_run = int((waiting >= pd.Timestamp(until) - pd.Timedelta(horizon)).sum())
+    metrics["online.pending"] = float(len(waiting))
     servers = []
-    for server, part in recommendations.groupby(recommendations["server"].astype(str)):  # by name, whoever parsed
-        values = quality(part, follow[follow["server"] == server])
-        servers.append({"server": str(server), **values, "successes": int(follow.loc[follow["server"] == server,
-                                                                                      "success"].sum()),
-                        "answered": int((follow["server"] == server).sum())})
+    # By name, whoever parsed; a server may have only judged requests, made before the window.
+    window_server, judged_server = window["server"].astype(str), follow["server"].astype(str)
+    for server in sorted(set(window_server) | set(judged_server)):
+        part = follow[judged_server == server]
+        values = quality(window[window_server == server], part)
+        servers.append({"server": server, **values, "successes": int(part["success"].sum()), "answered": len(part)})
         metrics.update({f"online.{k}.server.{server}": v for k, v in values.items()})
     findings = _findings(metrics, servers, settings)
-    return AuditResult("online", metrics=metrics, findings=findings,
-                       details={"servers": servers, "horizon": settings["success_horizon"],
-                                "awaiting_follow_up": waiting})
+    return AuditResult("online", metrics=metrics, findings=findings, details={
+        "servers": servers, "horizon": horizon,
+        "judged": {"requests": len(follow), "since": first.isoformat(), "until": last.isoformat()},
+        "pending": {"requests": len(waiting), "since": last.isoformat(), "until": pd.Timestamp(until).isoformat(),
+                    "next_run": next_run, "beyond_data": len(waiting) - next_run}})
 
 
 def _findings(metrics: dict, servers: list[dict], settings: dict) -> list[Finding]:

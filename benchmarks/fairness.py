@@ -57,7 +57,7 @@ def measure(n_users: int, n_movies: int, n_ratings: int, resamples: int) -> dict
     predicted = time.perf_counter()
     ranking = fairness._ranking(model, evaluated, settings, rc.ranking_per_user)
     ranked = time.perf_counter()
-    metrics, findings, _rows = fairness.assess(evaluated, settings, cfg["groups"]["age"], ranking)
+    metrics, findings, _rows, _gaps = fairness.assess(evaluated, settings, cfg["groups"]["age"], ranking)
     done = time.perf_counter()
     return {"users": evaluated["user_id"].nunique(), "predict": predicted - started, "ranking": ranked - predicted,
             "assess": done - ranked, "total": done - started, "rmse_gap_sex": metrics["fairness.rmse_gap.sex"]}

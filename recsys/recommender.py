@@ -386,8 +386,16 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
 
     Rating accuracy on every held-out rating; ranking quality (hit rate, NDCG at k against
     held-out ratings >= LIKED) on up to `max_users` users drawn with `seed`; cost in training
-    time, time to rank one user's top-k, and size on disk and in memory. Users a model never saw
-    get the popularity ranking, whatever the model.
+    time, time to rank one user's top-k, and size on disk and in memory.
+
+    Users a model never saw get the popularity ranking, whatever the model, so on cold users every
+    algorithm scores the same and the all-user figures dilute the differences. Each row therefore
+    also has them on warm ratings and users alone (`warm_rmse`, `warm_mae`, `warm_hit_rate@k`,
+    `warm_ndcg@k`), and the result the counts (`warm_test_ratings`, `ranked_users`,
+    `warm_ranked_users`) and the cold shares. Warm is what SVD's `predict` and `recommend_many`
+    say is not a cold start: a rating whose user and movie have training ratings, a user with
+    training ratings. Every algorithm is fitted on the same training ratings, so these flags
+    are every algorithm's.
     """
     import pickle
     import tempfile
@@ -396,8 +404,9 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(liked_users, size=min(max_users, len(liked_users)), replace=False))
     popularity = popularity_model(data)
+    test_users, test_movies = data.test["user_id"].to_numpy(), data.test["movie_id"].astype(str).to_numpy()
     rows = []
-    for algo in ("svd", "knn", "baseline", "popularity"):
+    for algo in ("svd", "knn", "baseline", "popularity"):  # svd first: its cold flags define warm
         row = {"algo": algo}
         started = time.perf_counter()
         if algo == "popularity":
@@ -415,34 +424,52 @@ def compare(data: Split, factors: int = 100, epochs: int = 20, seed: int = 0, k:
 
         if algo == "knn":
             top, one_user = _knn_top(fitted, popularity, users, k)
-            predicted = np.array([fitted.predict(u, str(m)).est for u, m in
-                                  zip(data.test["user_id"], data.test["movie_id"].astype(str))])
-            row.update(_accuracy(predicted, data.test))
+            predicted = np.array([fitted.predict(u, m).est for u, m in zip(test_users, test_movies)])
             row["disk_bytes"] = len(pickle.dumps(fitted))
             row["memory_bytes"] = int(fitted.sim.nbytes + sum(b.nbytes for b in fitted.compute_baselines()))
         else:
-            ids, _scores, _cold = model.recommend_many(users, k)
+            ids, _scores, cold_users = model.recommend_many(users, k)
             top = dict(zip(users.tolist(), ids))
             one_user = _time_one_user(model, users, k)
-            if algo == "popularity":
-                row.update({"rmse": None, "mae": None})
-            else:
-                row.update({key: model.metadata["metrics"][key] for key in ("rmse", "mae")})
+            predicted, cold_ratings = model.predict(test_users, test_movies)
+            if algo == "svd":
+                warm_ratings, warm_users = ~cold_ratings, set(users[~cold_users].tolist())
+            elif algo == "popularity":
+                predicted = None  # it rates nothing: every user is cold to it
             with tempfile.TemporaryDirectory() as tmp:
                 model.save(tmp)
                 row["disk_bytes"] = sum(f.stat().st_size for f in Path(tmp).iterdir())
             row["memory_bytes"] = int(sum(getattr(model, name).nbytes for name in _ARRAYS))
-        row.update({f"{key}@{k}" if key != "users" else "ranked_users": value
-                    for key, value in ranking_quality(top, data.test, k).items()})
+        row.update(_quality(predicted, top, data.test, k, warm_ratings, warm_users))
         row["top_k_ms"] = None if one_user is None else one_user * 1000
         rows.append(row)
+    ranked, warm_ranked = rows[0]["ranked_users"], rows[0]["warm_ranked_users"]
     return {"cutoff": data.cutoff.isoformat(), "train_ratings": len(data.train), "test_ratings": len(data.test),
+            "warm_test_ratings": int(warm_ratings.sum()),
+            "cold_test_ratings_share": float(1 - warm_ratings.mean()) if len(data.test) else None,
+            "ranked_users": ranked, "warm_ranked_users": warm_ranked,
+            "cold_ranked_users_share": 1 - warm_ranked / ranked if ranked else None,
             "k": k, "seed": seed, "algorithms": rows,
             "created_at": utc_now().isoformat()}
 
 
-def _accuracy(predicted: np.ndarray, test: pd.DataFrame) -> dict:
-    if test.empty:
+def _quality(predicted: np.ndarray | None, top: dict[int, list[str]], test: pd.DataFrame, k: int,
+             warm_ratings: np.ndarray, warm_users: set[int]) -> dict:
+    """Accuracy of `predicted` (one per test rating) and ranking of `top`, on every rating and
+    ranked user, then under warm_ keys on the warm ratings and users alone."""
+    warm_top = {u: ids for u, ids in top.items() if u in warm_users}
+    out = {}
+    for prefix, keep, ranked in (("", np.ones(len(test), dtype=bool), top), ("warm_", warm_ratings, warm_top)):
+        accuracy = _accuracy(None if predicted is None else predicted[keep], test[keep])
+        out.update({prefix + key: value for key, value in accuracy.items()})
+        out.update({prefix + (f"{key}@{k}" if key != "users" else "ranked_users"): value
+                    for key, value in ranking_quality(ranked, test, k).items()})
+    return out
+
+
+def _accuracy(predicted: np.ndarray | None, test: pd.DataFrame) -> dict:
+    """RMSE and MAE of `predicted` against the ratings of `test` (None: none to judge, or no predictions)."""
+    if predicted is None or test.empty:
         return {"rmse": None, "mae": None}
     error = predicted - test["rating"].to_numpy(dtype=float)
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}

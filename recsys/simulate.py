@@ -6,20 +6,32 @@ follow from it, so a matrix-factorisation model learns something real. Each day 
 open the app, get 20 movies from the service's recommender policy, maybe watch one of them (or
 something else), one log line per minute, and sometimes rate it.
 
-Faults (`inject`) start on the middle day and change exactly what they name:
+Faults (`inject`) start on the middle day and change exactly what they name. Each takes a
+strength s (`fairness:1.1`), so that a detector's power can be measured against the size of the
+fault; FAULTS holds each one's default (the fault as it always was) and range:
 - corrupt: malformed lines of every kind, out-of-range ratings, short and duplicate
-  recommendation lists, unknown movie ids;
-- drift: more young users, a different genre mix, inflated ratings;
-- fairness: ratings by women and by seniors become noisier;
-- feedback: the policy retrains daily on its own exposure, so exposure concentrates;
+  recommendation lists, unknown movie ids; s is the share of lines corrupted (0.03);
+- drift: more young users, a different genre mix, inflated ratings; s is a multiple of the
+  default drift (1): young users (13-24) are 1 + 3s times as active, the DRIFT_GENRES 1 + 2s
+  times as likely to be picked outside recommendations, and every rating is 0.6s higher
+  before rounding;
+- fairness: ratings by women and by seniors (55+) become noisier; s is the standard deviation
+  of their rating noise, in stars (1.4; everyone else's is NOISE, 0.5);
+- feedback: the policy retrains daily on its own exposure, so exposure concentrates; s is a
+  multiple of how fast (1): on the loop's d-th day the policy moves min(1, 0.1 s d) of the way
+  from true popularity to yesterday's exposure, and its popularity boost grows by 0.1 s a day;
 - starve: the policy stops showing movies of one genre (STARVED_GENRE), which users keep
-  watching on their own.
+  watching on their own; s is the share of that genre's movies starved (1: all), drawn by the
+  seed.
+At its neutral strength (0; for fairness 0.5, everyone's noise) a fault writes the very log of
+the service without it.
 Same arguments, same bytes: every random choice comes from the seed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -29,7 +41,6 @@ import pandas as pd
 
 from recaudit.recsys import formats
 
-INJECTIONS = ("corrupt", "drift", "fairness", "feedback", "starve")
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
           "War", "Western"]
@@ -55,25 +66,102 @@ _NAMES = "jack mary max luna oscar rosa leo nina hugo ada felix iris".split()
 
 FACTORS = 8
 MEAN_RATING = 2.9
-NOISE = 0.5  # rating noise; the fairness fault raises it for the injected groups
-FAIR_NOISE = 1.4
+NOISE = 0.5  # rating noise; the fairness fault sets another for the injected groups
+FAIR_NOISE = 1.4  # the fairness fault's default strength
 K = 20  # movies per recommendation list
 SLICE = 1_000_000  # lines formatted and written at a time
 
 
+@dataclass(frozen=True)
+class Fault:
+    """What a fault's strength is (in a few words), its default (the fault as it always was), the
+    strength at which it changes nothing, and the strengths allowed (low and high included)."""
+
+    strength: str
+    default: float
+    neutral: float
+    low: float
+    high: float
+
+
+FAULTS = {  # what each strength means in full: the module's docstring
+    "corrupt": Fault("the share of log lines corrupted", 0.03, 0.0, 0.0, 1.0),
+    "drift": Fault("a multiple of the default drift", 1.0, 0.0, 0.0, math.inf),
+    "fairness": Fault("the rating noise of women and seniors (sd, in stars)", FAIR_NOISE, NOISE, 0.0, math.inf),
+    "feedback": Fault("a multiple of how fast the policy leans on its own exposure", 1.0, 0.0, 0.0, math.inf),
+    "starve": Fault(f"the share of {STARVED_GENRE} movies starved", 1.0, 0.0, 0.0, 1.0),
+}
+INJECTIONS = tuple(FAULTS)
+
+
+def injections(faults) -> dict[str, float]:
+    """Faults with their strengths, from fault names (each at its default strength), (name,
+    strength) pairs, or a mapping of names to strengths (None: the default).
+
+    Raises
+    ------
+    ValueError
+        Naming the reason: an unknown fault, one named twice, a strength that is not a finite
+        number or out of the fault's range.
+    """
+    pairs = faults.items() if isinstance(faults, dict) else [
+        (f, None) if isinstance(f, str) else tuple(f) for f in faults]
+    out: dict[str, float] = {}
+    for name, strength in pairs:
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (choose from {', '.join(INJECTIONS)})")
+        if name in out:
+            raise ValueError(f"{name} is named twice")
+        fault = FAULTS[name]
+        if strength is None:
+            strength = fault.default
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+            raise ValueError(f"the strength of {name} must be a finite number (got {strength!r})")
+        if not fault.low <= strength <= fault.high:
+            upper = "" if math.isinf(fault.high) else f" and at most {fault.high:g}"
+            raise ValueError(f"the strength of {name} is {fault.strength}: at least {fault.low:g}{upper} "
+                             f"(got {strength:g})")
+        out[name] = float(strength)
+    return out
+
+
+def parse_inject(text: str) -> dict[str, float]:
+    """`injections` of a comma list of faults, each perhaps with a strength after a colon:
+    "fairness:1.1,drift" (drift at its default)."""
+    faults = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, colon, value = (s.strip() for s in item.partition(":"))
+        if not colon:
+            faults.append((name, None))
+            continue
+        try:
+            faults.append((name, float(value)))
+        except ValueError:
+            raise ValueError(f"the strength of {name} must be a number (got {value!r})") from None
+    return injections(faults)
+
+
 @dataclass
 class Config:
+    """A simulated service. `inject` names the faults, as fault names, (name, strength) pairs or
+    a mapping of name to strength (see `injections`); it is kept as {name: strength}."""
+
     users: int = 2000
     movies: int = 1000
     days: int = 14
     seed: int = 0
     start: date = date(2024, 1, 1)
-    inject: tuple[str, ...] = ()
+    inject: dict[str, float] = field(default_factory=dict)
     servers: int = 2
     active_share: float = 0.11  # users active on a given day
     request_share: float = 0.8  # sessions that start with a recommendation request
     follow_share: float = 0.55  # served sessions that watch a recommended movie
     log_format: str = "text"  # the event log's form: "text" or "jsonl" (JSON Lines), the same events either way
+
+    def __post_init__(self) -> None:
+        self.inject = injections(self.inject)
 
     @property
     def injection_day(self) -> int:
@@ -81,6 +169,10 @@ class Config:
 
     def active(self, fault: str, day: int) -> bool:
         return fault in self.inject and day >= self.injection_day
+
+    def strength(self, fault: str, day: int) -> float:
+        """The fault's strength on `day`: its neutral one before it starts or when not injected."""
+        return self.inject[fault] if self.active(fault, day) else FAULTS[fault].neutral
 
 
 @dataclass
@@ -209,18 +301,25 @@ class Policy:
 
     Under the feedback fault it retrains each day on its own exposure: yesterday's most
     recommended movies become today's most likely candidates and get a popularity boost. Under
-    the starve fault it ranks the movies of STARVED_GENRE below every other candidate, so they
-    are listed only when fewer than K others are at hand.
+    the starve fault it ranks the starved movies (the starve strength's share of STARVED_GENRE,
+    drawn by the seed) below every other candidate, so they are listed only when fewer than K
+    others are at hand.
     """
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, cfg: Config):
         self.world = world
         self.exposure = np.zeros(len(world.movies))
-        self.starved = world.movies["genres"].str.split("|").map(lambda genres: STARVED_GENRE in genres).to_numpy()
+        genre = np.flatnonzero(world.movies["genres"].str.split("|").map(lambda g: STARVED_GENRE in g).to_numpy())
+        # A stream of its own, so that every other draw is the same whatever the strength.
+        chosen = np.random.default_rng([cfg.seed, 4]).permutation(genre)
+        share = cfg.inject.get("starve", FAULTS["starve"].default)
+        self.starved = np.zeros(len(world.movies), dtype=bool)
+        self.starved[chosen[:round(share * len(genre))]] = True
 
-    def weights(self, days_of_feedback: int) -> np.ndarray:
+    def weights(self, days_of_feedback: float) -> np.ndarray:
         """Candidate weights: true popularity, or (under feedback) yesterday's exposure, leaned
-        on harder each day the loop runs."""
+        on harder each day the loop runs (`days_of_feedback`: the days it ran, this one
+        included, times its strength)."""
         w = np.sqrt(self.world.popularity)
         if days_of_feedback:
             lean = min(1.0, 0.1 * days_of_feedback)
@@ -228,7 +327,7 @@ class Policy:
             w = w ** (1 - lean) * share ** (1.5 * lean)
         return w / w.sum()
 
-    def recommend(self, rng: np.random.Generator, users: np.ndarray, days_of_feedback: int,
+    def recommend(self, rng: np.random.Generator, users: np.ndarray, days_of_feedback: float,
                   starve: bool = False) -> np.ndarray:
         """K distinct movies for each user (users may repeat); none of STARVED_GENRE while
         `starve`, unless too few other candidates are drawn."""
@@ -271,10 +370,10 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
     rng = np.random.default_rng([cfg.seed, 1, day])
     n = len(world.users)
     day_start = np.datetime64(cfg.start, "ns").astype(np.int64) + day * 86_400 * 10**9
-    drift, fair = cfg.active("drift", day), cfg.active("fairness", day)
-    days_of_feedback = day - cfg.injection_day + 1 if cfg.active("feedback", day) else 0
+    drift = cfg.strength("drift", day)
+    days_of_feedback = (day - cfg.injection_day + 1) * cfg.strength("feedback", day)
 
-    activity = world.activity * np.where(world.young & drift, 4.0, 1.0)
+    activity = world.activity * np.where(world.young, 1 + 3 * drift, 1.0)
     p_active = np.minimum(1.0, cfg.active_share * activity / world.activity.mean())
     active = np.flatnonzero(rng.random(n) < p_active)
     sessions = np.repeat(active, 1 + rng.poisson(0.3, len(active)))
@@ -309,7 +408,7 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
         start[fl] = t0[fl] + (rng.exponential(180, len(fl)) + 5).astype(np.int64) * 10**9
     other = np.flatnonzero(~follow)
     if len(other):
-        popularity = world.popularity * np.where(world.drift_genre & drift, 3.0, 1.0)
+        popularity = world.popularity * np.where(world.drift_genre, 1 + 2 * drift, 1.0)
         cands = _sample(rng, popularity / popularity.sum(), (len(other), 10))
         affinity = np.einsum("bk,bck->bc", world.taste[u[other]], world.factors[cands])
         movie[other] = cands[np.arange(len(other)), np.argmax(2.0 * affinity + rng.gumbel(0, 1, cands.shape), axis=1)]
@@ -317,12 +416,12 @@ def simulate_day(world: World, cfg: Config, policy: Policy, day: int) -> Day:
 
     # How long, and how it is rated: both follow the user's true opinion of the movie.
     truth = (MEAN_RATING + world.user_bias[u] + world.movie_bias[movie]
-             + np.einsum("bk,bk->b", world.taste[u], world.factors[movie]) + (0.6 if drift else 0.0))
+             + np.einsum("bk,bk->b", world.taste[u], world.factors[movie]) + 0.6 * drift)
     share = np.clip(0.45 + 0.25 * (truth - MEAN_RATING - 0.6) + rng.normal(0, 0.2, s), 0.03, 1.0)
     minutes = np.maximum(1, np.round(share * world.runtime[movie])).astype(np.int64)
     rated = rng.random(s) < 0.1 + 0.4 * share
     t0, start = _one_after_another(u, t0, start, minutes)
-    noise = np.where(fair & world.noisy[u], FAIR_NOISE, NOISE)
+    noise = np.where(world.noisy[u], cfg.strength("fairness", day), NOISE)
     rating = np.clip(np.round(truth + rng.normal(0, 1, s) * noise), 1, 5).astype(np.int64)
 
     w_session = np.repeat(np.arange(s), minutes)
@@ -560,7 +659,7 @@ def _corrupt(line: bytes, how: str, rng: np.random.Generator, log_format: str) -
     return write(event)
 
 
-def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, log_format: str, share: float = 0.03):
+def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, log_format: str, share: float):
     """Replace a share of lines by corrupted ones, cycling through every kind of fault."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -587,9 +686,6 @@ def _apply_corruption(lines, kind: np.ndarray, rng: np.random.Generator, log_for
 def simulate(out_dir: str | Path, cfg: Config) -> Summary:
     """Write users.csv, movies.csv and the event log (time-ordered; events.log, or events.jsonl
     in JSON Lines) for `cfg` into `out_dir`."""
-    unknown = [f for f in cfg.inject if f not in INJECTIONS]
-    if unknown:
-        raise ValueError(f"unknown injection {unknown[0]!r} (choose from {', '.join(INJECTIONS)})")
     if cfg.log_format not in LOG_FILES:
         raise ValueError(f"unknown log format {cfg.log_format!r} (choose from {', '.join(LOG_FILES)})")
     log_file = LOG_FILES[cfg.log_format]
@@ -599,9 +695,9 @@ def simulate(out_dir: str | Path, cfg: Config) -> Summary:
     formats.write_users_csv(world.users, out / "users.csv")
     formats.write_movies_csv(world.movies, out / "movies.csv")
     pieces = _Pieces(world, cfg)
-    policy = Policy(world)
+    policy = Policy(world, cfg)
     summary = Summary(
-        config={**asdict(cfg), "start": cfg.start.isoformat(), "inject": list(cfg.inject)},
+        config={**asdict(cfg), "start": cfg.start.isoformat()},  # inject: each fault with its strength
         files={"users": "users.csv", "movies": "movies.csv", "events": log_file},
         injection_start=(datetime.combine(cfg.start, datetime.min.time())
                          + timedelta(days=cfg.injection_day)).isoformat() if cfg.inject else None,
@@ -622,7 +718,7 @@ def simulate(out_dir: str | Path, cfg: Config) -> Summary:
                 rows = order[a:min(a + SLICE, cut)]
                 lines = pieces.lines(day, rows)
                 if cfg.active("corrupt", d):
-                    lines = _apply_corruption(lines, day.kind[rows], rng, cfg.log_format)
+                    lines = _apply_corruption(lines, day.kind[rows], rng, cfg.log_format, cfg.inject["corrupt"])
                 _write(f, lines)
                 written += len(rows)
             summary.lines_per_day.append(written)

@@ -102,8 +102,13 @@ def scatter(points: list[list[float]], xlabel: str, ylabel: str, title: str) -> 
     return _frame(title, out)
 
 
-def intervals(rows: list[dict], metric: str = "rmse", confidence: float = 0.95) -> Markup:
-    """Each group's value as a dot with its `confidence` interval as a bar."""
+def intervals(rows: list[dict], metric: str = "rmse", confidence: float = 0.95, part: str = "",
+              title: str = "") -> Markup:
+    """Each group's value as a dot with its `confidence` interval as a bar: the keys `metric`,
+    `metric`_low and `metric`_high of each row, each followed by `part` (fairness.PARTS' suffix)."""
+    value, low_key, high_key = f"{metric}{part}", f"{metric}_low{part}", f"{metric}_high{part}"
+    rows = [{**r, metric: r.get(value), f"{metric}_low": r.get(low_key), f"{metric}_high": r.get(high_key)}
+            for r in rows]
     shown = [r for r in rows if r.get(metric) is not None]
     if not shown:
         return Markup("")
@@ -128,6 +133,6 @@ def intervals(rows: list[dict], metric: str = "rmse", confidence: float = 0.95) 
                    f'{r[metric]:.3f}</text>')
     for t in _ticks(0, top):
         out.append(f'<text x="{left + t * scale:.1f}" y="{34 + 24 * len(shown)}" text-anchor="middle">{_num(t)}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{escape(metric.upper())} with '
-               f'{confidence:.0%} interval</text>')
-    return _frame(f"{metric.upper()} by group with intervals", out, height)
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{escape(metric.upper())}'
+               f'{escape(title)} with {confidence:.0%} interval</text>')
+    return _frame(f"{metric.upper()}{title} by group with intervals", out, height)

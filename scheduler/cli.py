@@ -98,7 +98,8 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
 @click.option("--start", default="2024-01-01", show_default=True, help="First day (YYYY-MM-DD, UTC).")
 @click.option("--inject", default="", metavar="LIST",
-              help="Comma list of faults starting on the middle day: corrupt, drift, fairness, feedback, starve.")
+              help="Comma list of faults starting on the middle day, each perhaps with a strength "
+                   "(fault:strength): corrupt, drift, fairness, feedback, starve.")
 @click.option("--format", "log_format", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
               help="Form of the event log: text lines (events.log) or JSON Lines (events.jsonl).")
 @json_option("Print a JSON summary.")
@@ -112,26 +113,37 @@ def simulate(out, users, movies, days, seed, start, inject, log_format, as_json)
     events.jsonl instead.
 
     \b
-    Faults (--inject), each from the middle day on:
+    Faults (--inject), each from the middle day on, and their strength s
+    (--inject fairness:1.1,drift; without one, the default):
       corrupt   malformed lines of every kind, out-of-range ratings, short and
-                duplicate recommendation lists, unknown movie ids
-      drift     more young users, a different genre mix, inflated ratings
-      fairness  ratings by women and by seniors become noisier
-      feedback  the recommender retrains daily on its own exposure
+                duplicate recommendation lists, unknown movie ids;
+                s: the share of lines corrupted, 0-1 (default 0.03)
+      drift     more young users, a different genre mix, inflated ratings;
+                s: a multiple of the default drift, >= 0 (default 1): young
+                users 1+3s times as active, Horror, Animation and Sci-Fi
+                1+2s times as likely outside recommendations, ratings +0.6s
+      fairness  ratings by women and by seniors become noisier;
+                s: their rating noise in stars (sd), >= 0 (default 1.4;
+                everyone else's is 0.5)
+      feedback  the recommender retrains daily on its own exposure;
+                s: how fast it leans on it, >= 0 (default 1: on the loop's
+                d-th day min(1, 0.1 s d) of the way)
       starve    the recommender stops showing Romance movies; users keep
-                watching them on their own
+                watching them on their own;
+                s: the share of Romance movies starved, 0-1 (default 1)
+    At s = 0 (fairness: 0.5) a fault leaves the log as it is without it.
     """
-    from recaudit.recsys.simulate import INJECTIONS, Config
+    from recaudit.recsys.simulate import Config, parse_inject
     from recaudit.recsys.simulate import simulate as run
 
     try:
         first = date.fromisoformat(start)
     except ValueError:
         raise UserError(f"--start {start!r} is not a date (YYYY-MM-DD)") from None
-    faults = tuple(f.strip() for f in inject.split(",") if f.strip())
-    for fault in faults:
-        if fault not in INJECTIONS:
-            raise UserError(f"--inject: unknown fault {fault!r} (choose from {', '.join(INJECTIONS)})")
+    try:
+        faults = parse_inject(inject)
+    except ValueError as exc:
+        raise UserError(f"--inject: {exc}") from None
     with user_errors(out):
         summary = run(out, Config(users=users, movies=movies, days=days, seed=seed, start=first, inject=faults,
                                   log_format=log_format))
@@ -140,7 +152,8 @@ def simulate(out, users, movies, days, seed, start, inject, log_format, as_json)
         click.echo(f"wrote {out}/users.csv ({users:,} users), {out}/movies.csv ({movies:,} movies), "
                    f"{out}/{s['files']['events']} ({s['lines']:,} lines over {days} days)")
         if faults:
-            click.echo(f"faults {', '.join(faults)} start at {s['injection_start']}")
+            click.echo(f"faults {', '.join(f'{f}:{v:g}' for f, v in faults.items())} start at "
+                       f"{s['injection_start']}")
 
     from dataclasses import asdict
 
@@ -246,7 +259,9 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
 
     With --compare, four algorithms are trained on the same split and compared on rating
     accuracy, hit rate and NDCG at 20 on held-out ratings of 4 or 5, training time, time to rank
-    one user's top 20, and size; the table is saved as JSON in --models/comparisons.
+    one user's top 20, and size; the table is saved as JSON in --models/comparisons. Accuracy
+    and ranking are shown for all users and for warm users (seen in training) alone: every
+    algorithm gives a cold user the popularity ranking.
     """
     from pathlib import Path
 
@@ -286,20 +301,37 @@ def train(db, models_dir, until, algo, factors, epochs, seed, compare, as_json):
 
 
 def _print_comparison(result: dict, path) -> None:
+    k = result["k"]
     click.echo(f"{result['train_ratings']:,} ratings before {result['cutoff']}, {result['test_ratings']:,} after\n")
-    head = f"{'algorithm':<11}{'RMSE':>8}{'MAE':>8}{'hit@20':>8}{'NDCG@20':>9}{'train s':>9}{'top-20 ms':>11}" \
-           f"{'disk MB':>9}{'memory MB':>11}"
-    click.echo(head)
     fmt = lambda v, f: "—".rjust(len(format(0, f))) if v is None else format(v, f)  # noqa: E731
+    group = f"{'RMSE':>8}{'MAE':>8}{f'hit@{k}':>8}{f'NDCG@{k}':>9}"
+    click.echo(f"{'':<11}{'all users':^33}  {'warm users (seen in training)':^33}".rstrip())
+    click.echo(f"{'algorithm':<11}{group}  {group}")
     for r in result["algorithms"]:
         if "skipped" in r:
             click.echo(f"{r['algo']:<11}skipped: {r['skipped']}")
             continue
-        click.echo(f"{r['algo']:<11}{fmt(r['rmse'], '8.4f')}{fmt(r['mae'], '8.4f')}{fmt(r['hit_rate@20'], '8.3f')}"
-                   f"{fmt(r['ndcg@20'], '9.3f')}{r['train_seconds']:9.2f}{fmt(r['top_k_ms'], '11.2f')}"
-                   f"{r['disk_bytes'] / 1e6:9.2f}{r['memory_bytes'] / 1e6:11.2f}")
-    ranked = result["algorithms"][0].get("ranked_users", 0)
-    click.echo(f"\nranking measured on {ranked} users with held-out ratings of 4 or 5; saved to {path}")
+        click.echo(f"{r['algo']:<11}" + "  ".join(
+            f"{fmt(r[p + 'rmse'], '8.4f')}{fmt(r[p + 'mae'], '8.4f')}{fmt(r[f'{p}hit_rate@{k}'], '8.3f')}"
+            f"{fmt(r[f'{p}ndcg@{k}'], '9.3f')}" for p in ("", "warm_")))
+    click.echo(f"\n{'algorithm':<11}{'train s':>9}{f'top-{k} ms':>11}{'disk MB':>9}{'memory MB':>11}")
+    for r in result["algorithms"]:
+        if "skipped" not in r:
+            click.echo(f"{r['algo']:<11}{r['train_seconds']:9.2f}{fmt(r['top_k_ms'], '11.2f')}"
+                       f"{r['disk_bytes'] / 1e6:9.2f}{r['memory_bytes'] / 1e6:11.2f}")
+    ranked, warm = result["ranked_users"], result["warm_ranked_users"]
+    click.echo(f"\nall users: {result['test_ratings']:,} held-out ratings; {ranked:,} users ranked (those with "
+               "held-out ratings of 4 or 5)")
+    click.echo(f"warm users: {result['warm_test_ratings']:,} ratings whose user and movie were rated before the "
+               f"cutoff; {warm:,} ranked users who rated before it")
+    if result["cold_test_ratings_share"] is not None:
+        users = "" if result["cold_ranked_users_share"] is None else \
+            f" and {ranked - warm:,} of the ranked users ({result['cold_ranked_users_share']:.1%})"
+        click.echo(f"cold start: {result['test_ratings'] - result['warm_test_ratings']:,} of the ratings "
+                   f"({result['cold_test_ratings_share']:.1%}){users}; every algorithm gives a cold user\n"
+                   "  the popularity ranking, so cold users rank the same in every row: compare algorithms on the "
+                   "warm columns")
+    click.echo(f"saved to {path}")
 
 
 def load_model(store, model_id: str | None):

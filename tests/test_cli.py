@@ -261,3 +261,30 @@ def test_serve_answers_400_to_a_user_id_in_other_digits_than_ascii_and_logs_none
         proc.terminate()
         proc.wait(timeout=15)
     assert ev.parse_file(log).recommendations.user_id.tolist() == [12]  # only the ASCII request is logged
+
+
+def test_train_compare_shows_all_and_warm_users_side_by_side_and_says_how_many_are_cold(recaudit_bin, tmp_path):
+    import json
+
+    from recaudit.recsys.simulate import Config, simulate
+
+    # Dense enough that most users who rate after the cutoff rated before it too, and some did not.
+    simulate(tmp_path / "world", Config(users=200, movies=80, days=10, active_share=0.8, seed=0))
+    assert run_cli(recaudit_bin, "ingest", "--db", "audit.db", "world", cwd=tmp_path).returncode == 0
+    args = ["train", "--db", "audit.db", "--compare", "--factors", "5", "--epochs", "2", "--models", "m"]
+    table = run_cli(recaudit_bin, *args, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    out = table.stdout.decode()
+    group, header = out.splitlines()[2:4]
+    assert group.split() == ["all", "users", "warm", "users", "(seen", "in", "training)"]
+    assert header.split() == ["algorithm", "RMSE", "MAE", "hit@20", "NDCG@20", "RMSE", "MAE", "hit@20", "NDCG@20"]
+    assert "cold start: " in out and "the popularity ranking, so cold users rank the same in every row" in out
+    done = run_cli(recaudit_bin, *args, "--json", cwd=tmp_path)
+    result = json.loads(done.stdout)
+    assert 0 < result["warm_test_ratings"] < result["test_ratings"]
+    assert 0 < result["warm_ranked_users"] < result["ranked_users"]
+    assert result["cold_test_ratings_share"] == 1 - result["warm_test_ratings"] / result["test_ratings"]
+    assert f"{result['cold_test_ratings_share']:.1%}" in out
+    for row in result["algorithms"]:
+        assert {"warm_rmse", "warm_mae", "warm_hit_rate@20", "warm_ndcg@20", "warm_ranked_users"} <= set(row)
+        assert row["ranked_users"] == result["ranked_users"] and row["warm_ranked_users"] == result["warm_ranked_users"]

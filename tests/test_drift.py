@@ -1,6 +1,7 @@
-"""Drift: each signal flags a known shift and not an identical distribution; the builders read
-the right aggregates; and over many seeds the drift fault is found while an unchanged service
-stays quiet."""
+"""Drift: each signal flags a known shift and not an identical distribution; the noise floor
+permutes whole users, so values that share a user's bias do not pass for drift; the builders
+read the right aggregates; and over many seeds the drift fault is found while an unchanged
+service stays quiet."""
 
 import json
 
@@ -11,7 +12,7 @@ import pytest
 from recaudit.audits import config as configuration
 from recaudit.audits import drift
 from recaudit.audits import run as runs
-from recaudit.audits.drift_sources import FrameSource, StoreSource
+from recaudit.audits.drift_sources import FrameSource, StoreSource, sample_users, user_key_sql, user_keys
 from recaudit.audits.ingest import ingest
 from recaudit.recsys import formats, recommender
 from recaudit.recsys.events import parse_file
@@ -27,17 +28,26 @@ def cfg(**drift_settings):
     return c
 
 
-def categorical(shares: dict, n: int) -> pd.Series:
-    return pd.Series({k: round(v * n) for k, v in shares.items()})
+def categorical(shares: dict, n: int) -> np.ndarray:
+    return np.repeat(list(shares), [round(v * n) for v in shares.values()])
 
 
-HAND_MADE = {  # signal: (reference, shifted current), as builders return them
+def raw(name: str, values) -> pd.DataFrame:
+    """Values as a builder returns them: for a signal by user, each value a user of its own; for
+    one by request, counts by value."""
+    values = np.asarray(values)
+    if drift.SIGNALS[name].unit == drift.USER:
+        return pd.DataFrame({"user_id": np.arange(len(values)), "value": values, "n": 1})
+    counts = pd.Series(values).value_counts()
+    return pd.DataFrame({"value": counts.index.to_numpy(), "n": counts.to_numpy()})
+
+
+HAND_MADE = {  # signal: (reference, shifted current) values
     "rating": (categorical({"1": .05, "2": .1, "3": .25, "4": .35, "5": .25}, 5000),
                categorical({"1": .02, "2": .05, "3": .13, "4": .35, "5": .45}, 5000)),
-    "ratings_per_user": (pd.Series(np.random.default_rng(1).poisson(2, 5000) + 1.0),
-                         pd.Series(np.random.default_rng(2).poisson(3, 5000) + 1.0)),
-    "minutes_per_session": (pd.Series(np.random.default_rng(3).gamma(2, 25, 5000)),
-                            pd.Series(np.random.default_rng(4).gamma(2, 35, 5000))),
+    "ratings_per_user": (np.random.default_rng(1).poisson(2, 5000) + 1.0,
+                         np.random.default_rng(2).poisson(3, 5000) + 1.0),
+    "minutes_per_session": (np.random.default_rng(3).gamma(2, 25, 5000), np.random.default_rng(4).gamma(2, 35, 5000)),
     "watched_popularity": (categorical({"head": .5, "middle": .3, "tail": .2}, 5000),
                            categorical({"head": .35, "middle": .3, "tail": .3, "new": .05}, 5000)),
     "recommended_popularity": (categorical({"head": .6, "middle": .3, "tail": .1}, 5000),
@@ -49,21 +59,24 @@ HAND_MADE = {  # signal: (reference, shifted current), as builders return them
     "sex": (categorical({"M": .65, "F": .35}, 5000), categorical({"M": .45, "F": .55}, 5000)),
     "occupation": (categorical({"programmer": .3, "writer": .3, "retired": .4}, 5000),
                    categorical({"programmer": .5, "writer": .3, "retired": .2}, 5000)),
-    "latency": (pd.DataFrame({"value": [100.0, 120, 140], "weight": [2000, 2000, 1000]}),
-                pd.DataFrame({"value": [160.0, 190, 220], "weight": [2000, 2000, 1000]})),
+    "latency": (np.repeat([100.0, 120, 140], [2000, 2000, 1000]), np.repeat([160.0, 190, 220], [2000, 2000, 1000])),
     "status": (categorical({"200": .98, "0": .01, "500": .01}, 5000),
                categorical({"200": .8, "0": .15, "500": .05}, 5000)),
-    "predicted_score": (pd.Series(np.random.default_rng(5).normal(3.6, .5, 5000)),
-                        pd.Series(np.random.default_rng(6).normal(4.1, .5, 5000))),
+    "predicted_score": (np.random.default_rng(5).normal(3.6, .5, 5000), np.random.default_rng(6).normal(4.1, .5, 5000)),
 }
 
 
-def verdict(name, reference_raw, current_raw, config=None):
+def columns(name, reference_raw, current_raw, config=None):
     config = config or cfg()
     signal = drift.SIGNALS[name]
-    ref = drift.column(signal, reference_raw, config, 0)
-    cur = drift.column(signal, current_raw, config, 1)
-    return drift.compare(signal, ref, cur, config["drift"]["signals"][name])
+    return drift.column(signal, reference_raw, config, 0), drift.column(signal, current_raw, config, 1)
+
+
+def verdict(name, reference, current, config=None, seed=0):
+    """The verdict on two windows of values (as `raw` makes them counts)."""
+    config = config or cfg()
+    ref, cur = columns(name, raw(name, reference), raw(name, current), config)
+    return drift.compare(drift.SIGNALS[name], ref, cur, config["drift"]["signals"][name], seed)
 
 
 def test_every_signal_has_a_hand_made_case():
@@ -88,9 +101,74 @@ def test_an_identical_distribution_is_not_flagged(name):
 def test_a_small_sample_does_not_pass_for_drift():
     """500 values drawn from one distribution differ by about the default effect size."""
     rng = np.random.default_rng(0)
-    flagged = sum(verdict("minutes_per_session", pd.Series(rng.gamma(2, 25, 300)),
-                          pd.Series(rng.gamma(2, 25, 300)))["drifted"] for _ in range(20))
+    flagged = sum(verdict("minutes_per_session", rng.gamma(2, 25, 300), rng.gamma(2, 25, 300))["drifted"]
+                  for _ in range(20))
     assert flagged <= 1
+
+
+# -- the noise floor permutes users ------------------------------------------------------------
+
+USERS, SLOTS = 40, 20  # a window of 800 values from 40 users: a small service's day
+
+
+def clustered(kind: str, rng, shift: float = 0.0) -> pd.DataFrame:
+    """One window of a service whose values share a strong per-user bias, as a builder returns
+    them: numbers with a user offset of SD 0.5 against a spread of 0.2 within a user (as a
+    user's predicted scores), or categories of which each user takes mostly one (as a user's
+    tiers or genres). `shift` moves the numbers, or the shares of the users' categories."""
+    user = np.repeat(np.arange(USERS), SLOTS)
+    if kind == drift.NUMERICAL:
+        value = 3.5 + shift + rng.normal(0, 0.5, USERS)[user] + rng.normal(0, 0.2, USERS * SLOTS)
+    else:
+        shares = np.array([.6, .3, .1]) + shift * np.array([-.4, 0, .4])
+        own = rng.choice(3, USERS, p=shares)[user]
+        mostly = np.where(rng.random(USERS * SLOTS) < .95, own, rng.choice(3, USERS * SLOTS, p=shares))
+        value = np.array(["a", "b", "c"])[mostly]
+    return pd.DataFrame({"user_id": user, "value": value, "n": 1})
+
+
+def by_value(column: drift.Column) -> drift.Column:
+    """The same values, each taken as a unit of its own: the noise floor before units."""
+    return drift.Column(column.values, np.arange(len(column.values)), column.population)
+
+
+BY_USER = sorted(name for name, signal in drift.SIGNALS.items() if signal.unit == drift.USER)
+
+
+@pytest.mark.parametrize("name", BY_USER)
+def test_an_unchanged_service_with_strong_per_user_bias_is_not_flagged_where_a_value_level_floor_would_be(name):
+    """Both windows come from one distribution, in each of 20 seeds. The user-level floor keeps
+    every signal by user quiet; the same values taken one by one (the floor before units) alarm
+    in a quarter of the seeds or more, under a floor less than half as high."""
+    signal, config = drift.SIGNALS[name], cfg()
+    settings = config["drift"]["signals"][name]
+    flagged, flagged_by_value, ratios = 0, 0, []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        ref, cur = columns(name, clustered(signal.kind, rng), clustered(signal.kind, rng), config)
+        assert ref.unit_count == cur.unit_count == USERS
+        v = drift.compare(signal, ref, cur, settings, seed)
+        old = drift.compare(signal, by_value(ref), by_value(cur), settings, seed)
+        assert v["score"] == old["score"] and v["unit"] == drift.USER
+        flagged += v["drifted"]
+        flagged_by_value += old["drifted"]
+        ratios.append(v["noise_floor"] / old["noise_floor"])
+    assert flagged <= 1
+    assert flagged_by_value >= 5
+    assert np.median(ratios) > 2
+
+
+@pytest.mark.parametrize("name", BY_USER)
+def test_a_real_shift_of_a_signal_by_user_is_still_flagged(name):
+    """Numbers up by 0.5 (the SD of a user's offset), or two fifths of the first category's
+    share gone to the last: flagged in 18 seeds of 20 or more, over the user-level floor."""
+    signal, config = drift.SIGNALS[name], cfg()
+    flagged = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        ref, cur = columns(name, clustered(signal.kind, rng), clustered(signal.kind, rng, shift=1.0), config)
+        flagged += drift.compare(signal, ref, cur, config["drift"]["signals"][name], seed)["drifted"]
+    assert flagged >= 18
 
 
 @pytest.mark.parametrize("name, method", [("occupation", "jensenshannon"), ("latency", "wasserstein")])
@@ -101,25 +179,44 @@ def test_the_vectorised_noise_floor_scores_exactly_as_evidently_does(name, metho
     kind = ColumnType.Categorical if drift.SIGNALS[name].kind == "categorical" else ColumnType.Numerical
     rng = np.random.default_rng(7)
     pooled = (pd.Series(rng.choice(["a", "b", "c", "d"], 3000, p=[.4, .3, .2, .1]), dtype=object)
-              if method == "jensenshannon" else pd.Series(rng.gamma(2, 30, 3000)))
-    splits = rng.permuted(np.tile(np.r_[np.ones(1200, bool), np.zeros(1800, bool)], (5, 1)), axis=1)
+              if method == "jensenshannon" else pd.Series(np.round(rng.gamma(2, 30, 3000), 1)))  # with ties
+    units = pd.factorize(np.sort(rng.integers(0, 400, 3000)))[0]  # about 400 units of uneven sizes
+    labels = np.r_[np.ones(150, bool), np.zeros(units.max() + 1 - 150, bool)]
+    splits = rng.permuted(np.tile(labels, (5, 1)), axis=1)
     test = get_stattest(pooled, pooled, kind, method)
-    fast = drift.split_scores(test, kind, pooled, splits, 0.1)
-    one_by_one = [test(pooled[row].reset_index(drop=True), pooled[~row].reset_index(drop=True), kind, 0.1).drift_score
-                  for row in splits]
+    fast = drift.split_scores(test, kind, pooled, units, splits, 0.1)
+    one_by_one = [test(pooled[row[units]].reset_index(drop=True), pooled[~row[units]].reset_index(drop=True),
+                       kind, 0.1).drift_score for row in splits]
     assert np.allclose(fast, one_by_one, rtol=1e-9, atol=1e-12)
 
 
-def test_categorical_signals_keep_exact_frequencies_and_numbers_are_sampled_with_a_seed():
+def test_a_window_beyond_max_sample_is_sampled_by_whole_users_with_a_seed():
     config = cfg(max_sample=1000)
-    counts = pd.Series({"a": 2000, "b": 1000, "c": 7})
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 30, 300)  # 300 users, 1 to 29 values each
+    counts = pd.DataFrame({"user_id": np.repeat(np.arange(300), sizes),
+                           "value": rng.choice(["a", "b"], sizes.sum()), "n": 1})
     col = drift.column(drift.SIGNALS["genre"], counts, config, 0)
-    assert col.population == 3007 and len(col.values) == 1000 and col.sampled
-    assert col.values.value_counts().to_dict() == {"a": 665, "b": 333, "c": 2}
-    numbers = pd.Series(np.arange(5000.0))
-    a = drift.column(drift.SIGNALS["latency"], numbers, config, 3).values
-    b = drift.column(drift.SIGNALS["latency"], numbers, config, 3).values
-    assert len(a) == 1000 and a.equals(b)
+    assert col.population == sizes.sum() and col.sampled and 1000 - 29 < len(col.values) <= 1000
+    kept = np.sort(sample_users(counts, 1000, 0)["user_id"].unique())
+    assert np.bincount(col.units).tolist() == sizes[kept].tolist()  # every value of each sampled user
+    again = drift.column(drift.SIGNALS["genre"], counts.sample(frac=1, random_state=1), config, 0)
+    assert again.values.equals(col.values) and (again.units == col.units).all()  # in any order, the same
+    other = sample_users(counts, 1000, 1)["user_id"].unique()
+    assert len(set(kept) & set(other)) < len(kept) / 2  # another seed, other users
+    status = drift.column(drift.SIGNALS["status"], raw("status", np.repeat(["200", "0"], [9000, 1000])), config, 0)
+    assert len(status.values) == 1000 and status.unit_count == 1000 and 50 < (status.values == "0").sum() < 150
+
+
+def test_user_keys_are_computed_alike_by_numpy_and_by_the_database(store):
+    from sqlalchemy import BigInteger, literal, select
+
+    ids = [0, 1, 2, 3, 12_345, -7, 2**31 - 2, 2**31 - 1, 2**31, 2**40 + 3, 2**62, -(2**62)]
+    for seed in (0, 3):
+        query = select(*(user_key_sql(literal(i, BigInteger), seed).label(f"k{n}") for n, i in enumerate(ids)))
+        assert store.frame(query, fixed=True).iloc[0].tolist() == user_keys(np.array(ids), seed).tolist()
+    keys = user_keys(np.arange(1, 10_001), 0)
+    assert len(np.unique(keys)) > 9_900 and abs(np.corrcoef(np.arange(10_000), keys)[0, 1]) < 0.05  # mixed
 
 
 def test_a_changed_threshold_or_method_in_the_config_is_used(tmp_path):
@@ -179,16 +276,26 @@ def test_builders_count_per_user_day_so_window_length_does_not_matter(store, tmp
         def build(signal):
             return drift.SIGNALS[signal].build(src, basis)
 
-        assert sorted(build("minutes_per_session").tolist()) == [1.0, 1.0, 3.0], name  # user 1 watched a on two days
-        assert sorted(build("ratings_per_user").tolist()) == [1.0, 2.0], name  # user 2: two on day 1, one on day 2
-        assert build("rating").to_dict() == {"3": 1, "4": 1, "5": 1}, name
-        assert build("status").to_dict() == {"0": 1, "200": 1}, name
-        assert build("genre").to_dict() == {"Comedy": 1, "Drama": 2, "Horror": 2}, name
-        assert build("age_group").to_dict() == {"teen": 2, "senior": 2, "young_adult": 1}, name  # user-days
-        assert build("latency").values.tolist() == [[120.0, 1.0]], name
+        def totals(signal):
+            counts = build(signal)
+            return {str(value): n for value, n in counts.groupby("value")["n"].sum().items()}
+
+        def users(signal):
+            return sorted(build(signal)["user_id"].unique().tolist())
+
+        assert sorted(build("minutes_per_session")["value"].tolist()) == [1.0, 1.0, 3.0], name  # user 1: a on 2 days
+        assert sorted(build("ratings_per_user")["value"].tolist()) == [1.0, 2.0], name  # user 2: 2 on day 1, 1 on day 2
+        assert totals("rating") == {"3": 1, "4": 1, "5": 1} and users("rating") == [2], name
+        assert totals("status") == {"0": 1, "200": 1} and "user_id" not in build("status"), name  # by request
+        assert totals("genre") == {"Comedy": 1, "Drama": 2, "Horror": 2}, name
+        assert users("genre") == users("minutes_per_session") == [1, 2], name
+        assert totals("age_group") == {"teen": 2, "senior": 2, "young_adult": 1}, name  # user-days
+        teen = build("age_group").query("value == 'teen'")
+        assert teen["user_id"].tolist() == [1, 1], name  # user 1's two days: one unit
+        assert build("latency")[["value", "n"]].values.tolist() == [[120.0, 1.0]], name
         basis.tiers = drift.popularity_tiers(pd.Series({"a+2001": 5, "b+2002": 3, "x+1999": 2}))
         assert basis.tiers.to_dict() == {"a+2001": "head", "b+2002": "middle", "x+1999": "tail"}
-        assert build("recommended_popularity").to_dict() == {"head": 1, "new": 1}, name
+        assert totals("recommended_popularity") == {"head": 1, "new": 1} and users("recommended_popularity") == [3]
 
 
 def test_popularity_tiers_of_movies_watched_equally_often_do_not_depend_on_their_order():
@@ -253,6 +360,7 @@ def test_findings_say_what_changed_in_plain_words(simulated):
     result = audit(*simulated["drift", 0])
     messages = " | ".join(f.message for f in result.findings)
     assert "the share of age group of daily active users" in messages and "went from" in messages
+    assert "; noise floor 0." in messages and "users permuted)" in messages
     assert "dataset drift:" in messages and result.critical
 
 
@@ -270,10 +378,46 @@ def test_the_evidently_report_is_saved_beside_the_run_and_framed_in_its_page(sim
     assert json.loads((folder / "drift.json").read_text())["metrics"]
     page = (folder / "index.html").read_text()
     assert '<iframe class="report" sandbox="allow-scripts" src="drift.html"' in page  # shown, sandboxed
+    assert "units permuted (reference / current)" in page and " users</td>" in page and " requests</td>" in page
     assert 'href="drift.json"' in page
     metrics = run["audits"]["drift"]["metrics"]
     assert {"drift.share_drifted", "drift.dataset_drift", "drift.age_group.score",
             "drift.age_group.drifted"} <= set(metrics)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, recaudit_bin):
+    """An unchanged service as `recaudit simulate --users 2000 --days 14` makes it, ingested, with
+    a model trained on its first week (whose predictions are then a signal), as the demo has."""
+    path = tmp_path_factory.mktemp("served")
+    db = f"sqlite:///{path / 'x.db'}"
+    (path / "recaudit.toml").write_text("[drift]\nreport = false\n")
+    for args in (("simulate", "--out", str(path / "data"), "--users", "2000", "--days", "14"),
+                 ("ingest", "--db", db, str(path / "data")),
+                 ("train", "--db", db, "--models", str(path / "models"), "--until", "2024-01-08")):
+        assert run_cli(recaudit_bin, *args).returncode == 0, args
+    return db, path
+
+
+def test_an_unchanged_simulated_service_with_a_model_raises_no_drift_finding_on_any_day(served, recaudit_bin):
+    """Each day of the second week against the 7 days before it. The model's predicted scores
+    score at least evidently's threshold on some days (their values share each user's bias): a
+    floor of permuted values flagged them (day 8: 0.109 over a floor of 0.04); whole users'
+    floor is above them."""
+    db, path = served
+    predicted = []
+    for day in range(8, 15):
+        done = run_cli(recaudit_bin, "audit", "--db", db, "--config", str(path / "recaudit.toml"), "--only", "drift",
+                       "--since", f"2024-01-{day:02d}", "--until", f"2024-01-{day + 1:02d}", "--out",
+                       str(path / "out"), "--json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)["audits"]["drift"]
+        assert result["findings"] == [], (day, [f["message"] for f in result["findings"]])
+        assert {s["status"] for s in result["details"]["signals"]} <= {"stable", "insufficient_data"}
+        predicted += [s for s in result["details"]["signals"] if s["signal"] == "predicted_score"]
+    assert [(s["status"], s["unit"]) for s in predicted] == [("stable", "user")] * 7
+    above = [s for s in predicted if s["score"] >= s["threshold"]]
+    assert above and all(s["noise_floor"] > s["score"] for s in above)
 
 
 # -- drift on frames: the same computation as the stored audit ----------------------------------
@@ -325,6 +469,12 @@ def test_drift_on_frames_gives_the_stored_audits_metrics_and_findings(store, par
     assert [(f.key, f.severity, f.message) for f in framed.findings] == \
         [(f.key, f.severity, f.message) for f in stored.findings]
     assert [s["status"] for s in framed.details["signals"]] == [s["status"] for s in stored.details["signals"]]
+    floors = [{k: s.get(k) for k in ("signal", "unit", "noise_floor", "reference_units", "current_units",
+                                     "reference_sample", "current_sample")} for s in stored.details["signals"]]
+    assert floors == [{k: s.get(k) for k in floors[0]} for s in framed.details["signals"]]
+    assert {s["unit"] for s in floors} == {"user", "request"}
+    if settings:  # sampled: whole users, the same from the database's aggregates as from the frames
+        assert any(s["current_sample"] < stored.details["signals"][i]["current_n"] for i, s in enumerate(floors))
 
 
 def test_a_partial_configuration_is_merged_over_the_defaults_and_an_unknown_key_is_refused():

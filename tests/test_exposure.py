@@ -217,7 +217,7 @@ def test_a_group_of_users_served_worse_is_a_gap_beyond_chance():
     assert set(gaps) == {"exposure.success_rate_gap.sex", "exposure.mrr_gap.sex"}
     message = gaps["exposure.success_rate_gap.sex"].message
     assert message.startswith("online success rate is ") and "for women against" in message
-    assert "adjusted for 2 comparisons" in message  # two metrics of one pair of groups
+    assert "permutation test p = " in message and "below 0.025 for the 2 gaps tested" in message  # two metrics
     women = by_group(result.details["users"], "dimension", "sex", "F")
     assert women["mrr"] == women["success_rate"]  # the first movie, rank 1, whenever one is watched
     assert result.metrics["exposure.success_rate_gap_low.sex"] > 0
@@ -233,7 +233,7 @@ def test_the_intervals_of_a_group_and_of_the_gap_hold_the_truth_at_about_their_c
         held["women"] += women["success_rate_low"] < 0.3 < women["success_rate_high"]
         m = result.metrics
         held["gap"] += m["exposure.success_rate_gap_low.sex"] < 0.5 < m["exposure.success_rate_gap_high.sex"]
-    # Intervals of 95% (the gap's 97.5%, adjusted): fewer than 16 in 20 holding the truth has a
+    # Intervals of 95%: fewer than 16 in 20 holding the truth has a
     # chance below 2% (binomial), so would mean they are too narrow.
     assert held["women"] >= 16 and held["gap"] >= 16, held
 

@@ -68,9 +68,9 @@ def test_gap_between_constant_groups_is_exact_and_so_is_its_interval():
 def test_interval_of_two_users_spans_the_hand_computed_resample_values():
     # Resampling users a (error 0) and b (error 2): {a,a} RMSE 0 (1/4), {a,b} sqrt 2 (1/2), {b,b} 2 (1/4).
     frame = frame_of({"a": [0.0], "b": [2.0]}, {"a": "g", "b": "g"}, min_group_size=1, resamples=2000)
-    row = frame.intervals.loc["g"]
+    row = frame.intervals().loc["g"]
     assert (row["rmse_low"], row["rmse_high"]) == (0.0, 2.0)
-    draws = frame._draws()[:, 0, 0]
+    draws = frame._draws()[""][:, 0, 0]
     assert set(np.round(draws, 6)) == {0.0, round(np.sqrt(2), 6), 2.0}
     assert np.mean(np.isclose(draws, np.sqrt(2))) == pytest.approx(0.5, abs=0.04)
 
@@ -78,7 +78,7 @@ def test_interval_of_two_users_spans_the_hand_computed_resample_values():
 def test_bootstrap_is_seeded():
     args = ({1: [1.0, 0.2], 2: [0.1], 3: [2.0]}, {1: "x", 2: "y", 3: "y"})
     one, two = frame_of(*args, min_group_size=1, seed=3), frame_of(*args, min_group_size=1, seed=3)
-    pd.testing.assert_frame_equal(one.intervals, two.intervals)
+    pd.testing.assert_frame_equal(one.intervals(), two.intervals())
 
 
 def test_a_tiny_group_gets_a_wide_interval_and_raises_no_alert():
@@ -89,11 +89,13 @@ def test_a_tiny_group_gets_a_wide_interval_and_raises_no_alert():
     assert frame.difference("rmse") > 0.5  # far above the 0.2 threshold ...
     interval = frame.difference_interval("rmse")
     assert interval.low < 0 < interval.high and interval.high - interval.low > 1  # ... but it could be chance
-    tiny = frame.intervals.loc["tiny"]
+    tiny = frame.intervals().loc["tiny"]
     assert tiny["rmse_high"] - tiny["rmse_low"] > 1
+    # Three users are three users, however odd: at the default 20 users the group has no verdict.
+    guarded = frame_of(errors, {u: "tiny" if u > 1000 else "big" for u in errors}, min_group_size=30)
     metrics = {}
-    findings = fairness._gap(frame, "sex", "rmse", settings(), metrics, {})
-    assert findings == [] and metrics["fairness.rmse_gap.sex"] > 0.5
+    verdict = fairness._gap(guarded, "sex", "rmse", "", settings(), metrics, {})
+    assert verdict.finding is None and verdict.row["verdict"].startswith("no verdict")
 
 
 def test_a_group_of_one_user_gets_no_verdict_however_many_ratings():
@@ -108,7 +110,7 @@ def test_groups_below_the_minimum_are_reported_as_insufficient_not_dropped():
         "user_id": np.arange(250), "rating": 3.0, "prediction": 3.5, "cold_start": False,
         "sex": ["F"] * 120 + ["M"] * 120 + ["unknown"] * 10,
         "age_group": ["teen"] * 5 + ["senior"] * 245, "occupation": "writer"})
-    metrics, findings, rows = fairness.assess(evaluated, settings(resamples=20),
+    metrics, findings, rows, _gaps = fairness.assess(evaluated, settings(resamples=20),
                                               configuration.DEFAULTS["groups"]["age"])
     by = {(r["dimension"], r["group"]): r for r in rows}
     assert by[("sex", "unknown")]["sufficient"] is False and by[("sex", "unknown")]["n"] == 10
@@ -144,7 +146,7 @@ def test_cold_starts_are_predicted_as_served_counted_and_shown_apart(model_and_d
     item = model._movie_index.get_indexer(new.movie_id)
     expected = np.clip(model.global_mean + np.where(item >= 0, model.item_bias[np.maximum(item, 0)], 0), 1, 5)
     assert new.cold_start.all() and np.allclose(new.prediction, expected) and (new.sex == "unknown").all()
-    metrics, _f, rows = fairness.assess(evaluated, settings(resamples=20, min_group_size=1, min_group_users=1),
+    metrics, _f, rows, _gaps = fairness.assess(evaluated, settings(resamples=20, min_group_size=1, min_group_users=1),
                                         configuration.DEFAULTS["groups"]["age"])
     assert metrics["fairness.cold_start_share"] == pytest.approx(evaluated.cold_start.mean())
     assert metrics["fairness.cold_start_share.sex.unknown"] == 1.0
@@ -159,7 +161,8 @@ def test_the_python_api_gives_the_audits_numbers_and_findings_for_the_same_ratin
     model, data, users = model_and_data
     evaluated = fairness.evaluate(model, data.test, users, configuration.DEFAULTS)
     small = {"resamples": 20, "min_group_size": 30, "min_group_users": 5}
-    metrics, findings, _rows = fairness.assess(evaluated, settings(**small), configuration.DEFAULTS["groups"]["age"])
+    metrics, findings, _rows, _gaps = fairness.assess(evaluated, settings(**small),
+                                                      configuration.DEFAULTS["groups"]["age"])
     result = recaudit.fairness(evaluated, config={"fairness": small})  # its columns: sex, age_group, occupation
 
     def named_by_column(key):  # the audit names the configured dimension, "age"; the function its column
@@ -170,6 +173,70 @@ def test_the_python_api_gives_the_audits_numbers_and_findings_for_the_same_ratin
     assert result.metrics == pytest.approx({named_by_column(k): v for k, v in metrics.items()}, nan_ok=True)
     assert [f.message for f in result.findings] == [f.message for f in findings]
     assert any("age group" in f.message for f in findings)
+
+
+# -- warm and cold, chance and one user ----------------------------------------------------
+
+def planted(rng, users: int, sd_of) -> pd.DataFrame:
+    """Evaluated ratings of `users` users (half women), 10 warm and 10 cold-start ratings each,
+    errors N(0, sd_of(sex, cold)) on a per-user bias of sd 0.2."""
+    rows = []
+    for u in range(users):
+        sex = "F" if u % 2 else "M"
+        bias = rng.normal(0, 0.2)
+        for cold in (False, True):
+            for e in bias + rng.normal(0, sd_of(sex, cold), 10):
+                rows.append((u, 3.0, 3.0 + e, cold, sex))
+    return pd.DataFrame(rows, columns=["user_id", "rating", "prediction", "cold_start", "sex"])
+
+
+def test_a_gap_planted_among_warm_ratings_only_is_found_warm_and_not_cold():
+    evaluated = planted(np.random.default_rng(0), 300, lambda sex, cold: 1.0 if cold else (1.3 if sex == "F" else 0.7))
+    metrics, findings, _rows, gap_rows = fairness.assess(evaluated, settings(resamples=300, permutations=500), {},
+                                                         dimensions={"sex": "sex"})
+    keys = {f.key: f for f in findings if f.kind == "fairness_gap"}
+    assert keys["fairness.rmse_gap_warm.sex"].severity == "warning"
+    assert "for women" in keys["fairness.rmse_gap_warm.sex"].message
+    assert "fairness.rmse_gap_cold.sex" not in keys and metrics["fairness.rmse_gap_cold.sex"] < 0.2
+    assert metrics["fairness.rmse_gap_p_cold.sex"] > 0.05 and metrics["fairness.rmse_gap_p_warm.sex"] < 0.01
+    assert metrics["fairness.rmse_warm.sex.F"] > metrics["fairness.rmse_warm.sex.M"] + 0.4
+    assert "driven by warm ratings" in keys["fairness.rmse_gap.sex"].message
+    verdicts = {(g["metric"], g["part"]): g["verdict"] for g in gap_rows}
+    assert verdicts["rmse", "_warm"] == "gap beyond chance" and verdicts["rmse", "_cold"].startswith("no gap above")
+
+
+def test_a_gap_made_by_one_heavy_user_is_reported_as_info_naming_the_user():
+    rng = np.random.default_rng(0)
+    rows = [(u, "A" if u < 60 else "B", e) for u in range(120) for e in rng.normal(0, 0.62 if u < 60 else 0.5, 10)]
+    rows += [(999, "A", e) for e in rng.normal(0, 1.6, 120)]  # one user with 120 bad predictions
+    frame = pd.DataFrame(rows, columns=["user_id", "region", "error"])
+    evaluated = frame.assign(rating=3.0, prediction=3.0 + frame["error"], cold_start=False)
+    metrics, findings, _rows, _gaps = fairness.assess(evaluated, settings(resamples=300, permutations=500), {},
+                                                      dimensions={"region": "region"})
+    gap = next(f for f in findings if f.key == "fairness.rmse_gap.region")
+    assert metrics["fairness.rmse_gap.region"] > 0.2 and metrics["fairness.rmse_gap_p.region"] < 0.05
+    assert gap.severity == "info" and "user 999 (120 ratings" in gap.message
+    assert "one user makes this gap" in gap.message
+    assert metrics["fairness.rmse_gap_without_user.region"] < 0.2
+    assert not [f for f in findings if f.key.endswith("_warm.region")]  # every rating is warm: the mix says it
+    # Without that user the groups differ by less than the threshold, and nothing is found.
+    rest = evaluated[evaluated.user_id != 999]
+    assert not [f for f in fairness.assess(rest, settings(resamples=300, permutations=500), {},
+                                           dimensions={"region": "region"})[1] if f.kind == "fairness_gap"]
+
+
+def test_the_detectable_gap_of_a_dimension_says_whether_no_finding_means_fair_or_too_little_data():
+    verdicts = {}
+    for users in (12, 2000):
+        evaluated = planted(np.random.default_rng(2), users, lambda sex, cold: 2.0)
+        metrics, findings, _rows, gap_rows = fairness.assess(
+            evaluated, settings(resamples=100, permutations=300, min_group_size=20, min_group_users=5), {},
+            dimensions={"sex": "sex"})
+        assert not [f for f in findings if f.kind == "fairness_gap"]
+        verdicts[users] = (metrics["fairness.rmse_mde.sex"],
+                           next(g["verdict"] for g in gap_rows if g["metric"] == "rmse" and g["part"] == ""))
+    assert verdicts[12][0] > 0.2 > verdicts[2000][0]
+    assert verdicts[12][1].startswith("too little data to tell") and verdicts[2000][1].startswith("no gap above 0.2")
 
 
 # -- online success --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from recaudit.audits import online
 from recaudit.audits import run as runs
 from recaudit.audits.ingest import ingest
 from recaudit.recsys.simulate import Config, simulate
+from recaudit.reports import html
 from support import run_cli
 
 MOVIES = [f"m{i}+2001" for i in range(20)]
@@ -55,7 +56,7 @@ def test_success_and_mrr_of_hand_written_logs_with_the_edge_cases(store, tmp_pat
     result = audit(store, tmp_path, lines)
     m = result.metrics
     assert m["online.requests"] == 6 and m["online.availability"] == pytest.approx(5 / 6)
-    assert result.details["awaiting_follow_up"] == 0
+    assert m["online.pending"] == 0 and result.details["judged"]["requests"] == 5
     assert m["online.success_rate"] == pytest.approx(3 / 5)
     assert m["online.mrr"] == pytest.approx((1 / 5 + 0 + 1 / 2 + 1 / 2 + 0) / 5)
 
@@ -67,7 +68,10 @@ def test_requests_whose_15_minutes_have_not_passed_yet_are_not_judged(store, tmp
     (tmp_path / "e.log").write_text("\n".join(lines) + "\n")
     ingest(store, [str(tmp_path / "e.log")])
     result = runs.run(store, "2024-01-01", "2024-01-02", configuration.load(), ["online"], tmp_path).results["online"]
-    assert result.metrics["online.requests"] == 2 and result.details["awaiting_follow_up"] == 1
+    assert result.metrics["online.requests"] == 2 and result.metrics["online.pending"] == 1
+    # not in the window's last 15 minutes: pending because the data stop before its horizon ends
+    assert result.details["pending"] == {"requests": 1, "since": "2024-01-01T10:45:00", "until": "2024-01-02T00:00:00",
+                                         "next_run": 0, "beyond_data": 1}
     assert result.metrics["online.success_rate"] == 0.0  # judged on request 1 alone
 
 
@@ -158,7 +162,9 @@ def test_watch_spans_give_the_same_follow_ups_as_every_watch(store, tmp_path, ho
     assert len(followed) < len(items) / 2  # only movies the user watched come back
     exact = online.follow_ups(recs, items, every, horizon)
     pd.testing.assert_frame_equal(exact, online.follow_ups_from_spans(recs, followed, horizon))
-    pd.testing.assert_frame_equal(exact, online.followed_requests(store, since, until, horizon))
+    # The window ending at `until` + horizon judges exactly the requests of [since, until).
+    later = pd.Timedelta(horizon)
+    pd.testing.assert_frame_equal(exact, online.followed_requests(store, since + later, until + later, horizon))
     assert 0.3 < exact.success.mean() < 0.9
 
 
@@ -209,5 +215,132 @@ def test_online_over_frames_waits_for_the_horizon_of_the_requests_the_frames_end
     latest = recs["time"].max()  # the log ends with a request: the last quarter hour's are not judged yet
     watches = frames["watches"][frames["watches"]["time"] <= latest]
     result = online.online(recs, frames["items"], watches)
-    waiting = (recs["time"] + pd.Timedelta("15min") > latest) & (recs["status"] == 200) & (recs["n_items"] > 0)
-    assert result.details["awaiting_follow_up"] == int(waiting.sum()) > 0
+    answered = (recs["status"] == 200) & (recs["n_items"] > 0)
+    waiting = (recs["time"] + pd.Timedelta("15min") >= latest) & answered
+    assert result.metrics["online.pending"] == result.details["pending"]["requests"] == int(waiting.sum()) > 0
+    assert result.details["judged"]["requests"] == int((answered & ~waiting).sum())
+
+
+# -- which window judges a request ------------------------------------------------------------
+# Window 1 is 10:00-11:00 and window 2 11:00-12:00. The first batch of events ends with the first
+# event of 11:00, as the scheduler audits an hour once the next has begun; the second brings the
+# rest. Each comment gives the request's outcome and the window that judges it.
+
+FIRST = [
+    rec("2024-01-01T10:10:00.000000", 1), watch("2024-01-01T10:12:00", 1, MOVIES[0]),  # success, rank 1: window 1
+    rec("2024-01-01T10:20:00.000000", 2),  # failure: window 1
+    rec("2024-01-01T10:40:00.000000", 3), watch("2024-01-01T10:50:00", 3, MOVIES[2]),  # success, rank 3: window 1
+    rec("2024-01-01T10:50:00.000000", 4),  # success, rank 2, by a watch of the second batch: window 2
+    rec("2024-01-01T10:55:00.000000", 5),  # failure: window 2
+    rec("2024-01-01T10:58:00.000000", 6, status=0, latency=815),  # failed: window 1's availability only
+    watch("2024-01-01T11:00:00", 99, "elsewhere+1999"),
+]
+SECOND = [
+    watch("2024-01-01T11:03:00", 4, MOVIES[1]),
+    rec("2024-01-01T11:10:00.000000", 7), watch("2024-01-01T11:11:00", 7, MOVIES[0]),  # success, rank 1: window 2
+    rec("2024-01-01T11:50:00.000000", 8),  # failure: window 3, which has no request of its own
+    watch("2024-01-01T12:30:00", 98, "elsewhere+1999"),
+]
+HOURS = ("2024-01-01T10:00", "2024-01-01T11:00", "2024-01-01T12:00", "2024-01-01T13:00")
+
+
+def add(store, tmp_path, name, lines):
+    (tmp_path / name).write_text("\n".join(sorted(lines)) + "\n")
+    ingest(store, [str(tmp_path / name)])
+
+
+def audit_window(store, tmp_path, since, until):
+    return runs.run(store, since, until, configuration.load(), ["online"], tmp_path / "out").results["online"]
+
+
+def successes(result):
+    return sum(s["successes"] for s in result.details["servers"])
+
+
+def test_the_requests_of_a_windows_last_15_minutes_are_pending_and_not_judged(store, tmp_path):
+    add(store, tmp_path, "first.log", FIRST)
+    result = audit_window(store, tmp_path, *HOURS[:2])
+    m = result.metrics
+    assert m["online.requests"] == 6 and m["online.availability"] == pytest.approx(5 / 6)
+    assert result.details["judged"] == {"requests": 3, "since": "2024-01-01T09:45:00", "until": "2024-01-01T10:45:00"}
+    assert m["online.success_rate"] == pytest.approx(2 / 3) and m["online.mrr"] == pytest.approx((1 + 0 + 1 / 3) / 3)
+    assert m["online.pending"] == 2
+    assert result.details["pending"] == {"requests": 2, "since": "2024-01-01T10:45:00", "until": "2024-01-01T11:00:00",
+                                         "next_run": 2, "beyond_data": 0}
+    assert ("Success judged for the 3 requests made from 2024-01-01 09:45:00 to 2024-01-01 10:45:00, whose 15min "
+            "horizon ended in this window; 2 requests made in its last 15min are pending, for the next run.</p>"
+            ) in html.render_audit("online", result.to_dict())
+
+
+def test_the_next_window_judges_the_requests_left_pending_by_the_one_before(store, tmp_path):
+    add(store, tmp_path, "first.log", FIRST)
+    add(store, tmp_path, "second.log", SECOND)
+    result = audit_window(store, tmp_path, *HOURS[1:3])
+    m = result.metrics
+    assert m["online.requests"] == 2 and m["online.availability"] == 1.0  # its own requests: 11:10 and 11:50
+    # judged: 10:50 and 10:55 of window 1, and 11:10
+    assert result.details["judged"] == {"requests": 3, "since": "2024-01-01T10:45:00", "until": "2024-01-01T11:45:00"}
+    assert m["online.success_rate"] == pytest.approx(2 / 3) and m["online.mrr"] == pytest.approx((1 / 2 + 0 + 1) / 3)
+    assert m["online.pending"] == 1 and result.details["pending"]["next_run"] == 1  # 11:50
+    assert result.details["servers"][0]["answered"] == 3
+
+
+def test_a_window_audited_again_after_the_next_windows_data_arrived_gives_the_same_figures(store, tmp_path):
+    add(store, tmp_path, "first.log", FIRST)
+    before = audit_window(store, tmp_path, *HOURS[:2])
+    add(store, tmp_path, "second.log", SECOND)  # request 4's follow-up among them, and 12:30 as the latest event
+    after = audit_window(store, tmp_path, *HOURS[:2])
+    assert after.metrics == before.metrics and after.details == before.details
+    assert after.metrics["online.success_rate"] == pytest.approx(2 / 3)
+
+
+def test_consecutive_windows_judge_every_request_exactly_once(store, tmp_path):
+    add(store, tmp_path, "first.log", FIRST)
+    add(store, tmp_path, "second.log", SECOND)
+    results = [audit_window(store, tmp_path, since, until) for since, until in zip(HOURS, HOURS[1:])]
+    # seven answered requests, every horizon passed by 12:30; four succeeded
+    assert [r.details["judged"]["requests"] for r in results] == [3, 3, 1]
+    assert [successes(r) for r in results] == [2, 2, 0]
+    last = results[-1]
+    assert last.metrics["online.requests"] == 0 and last.metrics["online.availability"] is None
+    assert last.metrics["online.pending"] == 0
+
+
+def test_over_a_simulated_service_windows_in_a_row_judge_each_request_once_as_one_audit_of_all(world):
+    _, frames = world
+    recs, items, watches = frames["recommendations"], frames["items"], frames["watches"]
+    ends = pd.date_range("2024-01-01", "2024-01-03", freq="h")
+    audited = {since: online.online(**frames, since=since, until=until) for since, until in zip(ends, ends[1:])}
+    audited = {since: r for since, r in audited.items() if r.status != "insufficient_data"}  # a quiet night hour
+    results = list(audited.values())
+    latest = max(recs["time"].max(), watches["time"].max())
+    due = recs[recs["time"] + pd.Timedelta("15min") < min(latest, ends[-1])]
+    every = online.follow_ups(due, items, watches)
+    judged = [r.details["judged"]["requests"] for r in results]
+    assert sum(judged) == len(every) > 50
+    assert sum(r.details["pending"]["next_run"] for r in results) > 5  # carried over to the next hour
+    assert sum(successes(r) for r in results) == int(every["success"].sum())
+    for since, r in audited.items():
+        assert r.details["judged"]["since"] == (since - pd.Timedelta("15min")).isoformat()
+
+
+def test_a_window_whose_data_stopped_early_judges_the_rest_when_audited_again_with_more(store, tmp_path):
+    """The one case a window's figures change when it is audited again: its events had stopped
+    before its end, so the requests whose horizon ended after them had not been judged."""
+    add(store, tmp_path, "early.log", [rec("2024-01-01T10:05:00.000000", 1), rec("2024-01-01T10:20:00.000000", 2),
+                                       watch("2024-01-01T10:30:00", 99, "elsewhere+1999")])
+    early = audit_window(store, tmp_path, *HOURS[:2])
+    assert early.details["judged"] == {"requests": 1, "since": "2024-01-01T09:45:00", "until": "2024-01-01T10:15:00"}
+    assert early.metrics["online.success_rate"] == 0.0  # 10:05, unwatched
+    assert early.details["pending"] == {"requests": 1, "since": "2024-01-01T10:15:00", "until": "2024-01-01T11:00:00",
+                                        "next_run": 0, "beyond_data": 1}  # 10:20, whose horizon ends at 10:35
+    assert ("0 requests made in its last 15min are pending, for the next run. 1 request made from 2024-01-01 10:15:00 "
+            "on is pending too, as the events stop before its horizon ended: an audit of this window with more events "
+            "will judge it.</p>") in html.render_audit("online", early.to_dict())
+    add(store, tmp_path, "rest.log", [watch("2024-01-01T10:33:00", 2, MOVIES[0]), rec("2024-01-01T10:50:00.000000", 3),
+                                      watch("2024-01-01T11:30:00", 98, "elsewhere+1999")])
+    complete = audit_window(store, tmp_path, *HOURS[:2])
+    assert complete.details["judged"]["requests"] == 2 and complete.metrics["online.success_rate"] == 0.5
+    assert complete.details["pending"] == {"requests": 1, "since": "2024-01-01T10:45:00",
+                                           "until": "2024-01-01T11:00:00", "next_run": 1, "beyond_data": 0}
+    assert audit_window(store, tmp_path, *HOURS[:2]).metrics == complete.metrics  # complete now: it stays

@@ -118,7 +118,8 @@ def test_comparison_without_liked_held_out_ratings_reports_no_ranking_rather_tha
     d = rc.split(data.train.assign(rating=1 + data.train.index % 3))  # nobody liked anything (< 4)
     d.seen = data.seen
     result = rc.compare(d, factors=5, epochs=2, seed=0, max_users=10)
-    assert all(r["hit_rate@20"] is None for r in result["algorithms"] if "skipped" not in r)
+    assert all(r["hit_rate@20"] is None is r["warm_hit_rate@20"] for r in result["algorithms"] if "skipped" not in r)
+    assert result["ranked_users"] == 0 and result["cold_ranked_users_share"] is None
     json.dumps(result, allow_nan=False)
 
 
@@ -149,6 +150,58 @@ def test_comparison_reports_every_algorithm_on_the_same_split(data):
         assert 0 <= r["hit_rate@20"] <= 1 and 0 <= r["ndcg@20"] <= r["hit_rate@20"]
         assert r["ranked_users"] == 60 and r["disk_bytes"] > 0 and r["memory_bytes"] > 0 and r["top_k_ms"] > 0
     assert rows["popularity"]["rmse"] is None and all(rows[a]["rmse"] > 0 for a in ("svd", "knn", "baseline"))
+
+
+def test_warm_columns_judge_only_ratings_and_users_seen_in_training():
+    day = pd.Timestamp("2024-01-01")
+    # Before the cutoff users 1-3 rate a (by all three), b (two), c and d (one each): popularity a, b, c, d.
+    train = [(1, "a", 5), (1, "b", 4), (2, "a", 4), (2, "c", 3), (3, "a", 2), (3, "b", 5), (3, "d", 4)]
+    # After it: user 1 likes c (warm rating), user 2 likes e (a movie nobody rated: cold), user 4 is new
+    # and likes a, user 5 is new and likes nothing (not ranked).
+    test = [(1, "c", 5), (2, "e", 5), (4, "a", 4), (5, "b", 2)]
+    ratings = pd.DataFrame([(day + pd.Timedelta(hours=i), u, m, r) for i, (u, m, r) in enumerate(train + test)],
+                           columns=["time", "user_id", "movie_id", "rating"])
+    data = rc.split(ratings, until=day + pd.Timedelta(hours=len(train)))
+    result = rc.compare(data, factors=2, epochs=5, seed=0, max_users=10)
+    rows = {r["algo"]: r for r in result["algorithms"]}
+    assert (result["test_ratings"], result["warm_test_ratings"], result["cold_test_ratings_share"]) == (4, 1, 0.75)
+    assert (result["ranked_users"], result["warm_ranked_users"]) == (3, 2)
+    assert result["cold_ranked_users_share"] == pytest.approx(1 / 3)
+    # Popularity ranks c, d for user 1 (a hit at rank 1), b, d for user 2 (a miss), a, b, c, d for user 4 (a hit
+    # at rank 1): 2 of 3 users, 1 of the 2 warm ones.
+    popularity = rows["popularity"]
+    assert (popularity["hit_rate@20"], popularity["ndcg@20"]) == pytest.approx((2 / 3, 2 / 3))
+    assert (popularity["warm_hit_rate@20"], popularity["warm_ndcg@20"]) == (0.5, 0.5)
+    assert popularity["warm_ranked_users"] == 2 and popularity["warm_rmse"] is None
+    baseline = rc.train(data, "baseline")  # the one warm rating: user 1's 5 for c
+    predicted = baseline.predict(np.array([1, 2, 4, 5]), np.array(["c", "e", "a", "b"]))[0]
+    assert rows["baseline"]["warm_rmse"] == pytest.approx(abs(predicted[0] - 5))
+    assert rows["baseline"]["warm_mae"] == pytest.approx(abs(predicted[0] - 5))
+    assert rows["baseline"]["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - [5, 5, 4, 2]) ** 2)))
+    assert rows["baseline"]["rmse"] != pytest.approx(rows["baseline"]["warm_rmse"])
+
+
+def test_cold_users_rank_alike_in_every_algorithm_so_only_warm_users_tell_them_apart(data):
+    result = rc.compare(data, factors=20, epochs=10, seed=0, max_users=10**6)  # every user who liked something
+    rows = {r["algo"]: r for r in result["algorithms"]}
+    warm_share = result["warm_ranked_users"] / result["ranked_users"]
+    assert 0 < warm_share < 1
+    for metric in ("hit_rate@20", "ndcg@20"):
+        for a, b in (("svd", "baseline"), ("svd", "knn"), ("svd", "popularity"), ("baseline", "popularity")):
+            all_users = rows[a][metric] - rows[b][metric]
+            warm = rows[a][f"warm_{metric}"] - rows[b][f"warm_{metric}"]
+            # Cold users' hits and NDCG are the same for a and b, so they add nothing to the difference.
+            assert all_users == pytest.approx(warm_share * warm, abs=1e-12), (metric, a, b)
+            assert all_users != pytest.approx(warm, abs=1e-6), (metric, a, b)
+    # SVD's warm hit rate, by hand: its top 20 for each user who rated before the cutoff and liked a later movie.
+    svd = rc.train(data, "svd", factors=20, epochs=10, seed=0)
+    liked = data.test[data.test.rating >= rc.LIKED].groupby("user_id").movie_id.apply(lambda m: set(m.astype(str)))
+    warm_users = [u for u in liked.index if u in set(data.train.user_id)]
+    tops, _scores, _cold = svd.recommend_many(np.array(warm_users), 20)
+    hits = [bool(set(top) & liked[u]) for u, top in zip(warm_users, tops)]
+    assert result["warm_ranked_users"] == len(warm_users)
+    assert rows["svd"]["warm_hit_rate@20"] == pytest.approx(np.mean(hits))
+    assert rows["svd"]["hit_rate@20"] != pytest.approx(np.mean(hits))
 
 
 def test_ranking_quality_counts_hits_and_discounts_by_rank():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recaudit.recsys import events as ev
-from recaudit.recsys.simulate import Config, simulate
+from recaudit.recsys.simulate import FAULTS, Config, simulate
 from support import run_cli
 
 SIZE = dict(users=1500, movies=300, days=6, seed=11)
@@ -163,3 +163,100 @@ def test_cli_simulate_writes_the_files_and_rejects_an_unknown_fault(recaudit_bin
     assert {p.name for p in (tmp_path / "s").iterdir()} == {"users.csv", "movies.csv", "events.log", "simulation.json"}
     bad = run_cli(recaudit_bin, "simulate", "--out", str(tmp_path / "t"), "--inject", "drift,meteor")
     assert bad.returncode == 2 and "unknown fault 'meteor'" in bad.stderr.decode()
+
+
+# -- strengths --------------------------------------------------------------------------------
+
+TINY = dict(users=300, movies=80, days=4, seed=3)
+# What each fault wrote before faults took a strength (commit 72f3f52): the default strength is
+# that fault, so every seeded test and figure made with it stands.
+BEFORE_STRENGTHS = {
+    "corrupt": "13cdfd58ec489c6a393369ae180fd8f0b6e43aaa3fb2e7633686316a200c301b",
+    "drift": "34f5a4d821b38f5965cbc20731b596a289e66d1af1ed475f6c665d4f81656ede",
+    "fairness": "1afe2e019e67d0bd5ab0c24c8ff3ee97a96ad08a58970c7060337f67cec2ace1",
+    "feedback": "aaa2cc251709b5b58359d237a265b084693d83b0b6d1c09bb314015a30f95b47",
+    "starve": "84df002771b4f94fa43cd134879b90db31b85e87a9a0ac38fcfb4af35d2f502a",
+}
+
+
+def test_a_fault_without_a_strength_is_its_default_strength_and_writes_what_it_always_wrote(recaudit_bin, tmp_path):
+    for fault, before in BEFORE_STRENGTHS.items():
+        default = FAULTS[fault].default
+        runs = {"name": ["--inject", fault], "default": ["--inject", f"{fault}:{default}"]}
+        for name, inject in runs.items():
+            done = run_cli(recaudit_bin, "simulate", "--out", str(tmp_path / fault / name),
+                           *[f"--{k}={v}" for k, v in TINY.items()], *inject, "--json")
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["config"]["inject"] == {fault: default}
+        assert digest(tmp_path / fault / "name") == digest(tmp_path / fault / "default") == before, fault
+
+
+def test_each_fault_at_its_neutral_strength_writes_the_log_of_the_service_without_it(tmp_path):
+    simulate(tmp_path / "clean", Config(**TINY))
+    assert FAULTS["fairness"].neutral == 0.5 and all(FAULTS[f].neutral == 0 for f in FAULTS if f != "fairness")
+    for fault, spec in FAULTS.items():
+        simulate(tmp_path / fault, Config(**TINY, inject={fault: spec.neutral}))
+        assert digest(tmp_path / fault) == digest(tmp_path / "clean"), fault
+    simulate(tmp_path / "weak", Config(**TINY, inject={"corrupt": 0.001}))
+    assert digest(tmp_path / "weak") != digest(tmp_path / "clean")  # the comparison can fail
+
+
+def test_cli_simulate_reads_strengths_and_refuses_a_bad_one_in_one_line(recaudit_bin, tmp_path):
+    done = run_cli(recaudit_bin, "simulate", "--out", str(tmp_path / "s"), "--users", "100", "--movies", "40",
+                   "--days", "2", "--inject", "fairness:1.1, drift", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"]["inject"] == {"fairness": 1.1, "drift": 1.0}
+    assert json.loads((tmp_path / "s" / "simulation.json").read_text())["config"]["inject"] == {"fairness": 1.1,
+                                                                                               "drift": 1.0}
+    refused = {
+        "corrupt:1.5": "--inject: the strength of corrupt is the share of log lines corrupted: at least 0 and at "
+                       "most 1 (got 1.5)",
+        "starve:-0.1": "--inject: the strength of starve is the share of Romance movies starved: at least 0 and at "
+                       "most 1 (got -0.1)",
+        "fairness:-1": "--inject: the strength of fairness is the rating noise of women and seniors (sd, in stars): "
+                       "at least 0 (got -1)",
+        "fairness:loud": "--inject: the strength of fairness must be a number (got 'loud')",
+        "drift:inf": "--inject: the strength of drift must be a finite number (got inf)",
+        "feedback:nan": "--inject: the strength of feedback must be a finite number (got nan)",
+        "drift,drift:2": "--inject: drift is named twice",
+        "meteor:1": "--inject: unknown fault 'meteor' (choose from corrupt, drift, fairness, feedback, starve)",
+    }
+    for inject, message in refused.items():
+        bad = run_cli(recaudit_bin, "simulate", "--out", str(tmp_path / "t"), "--inject", inject)
+        assert bad.returncode == 2 and bad.stderr.decode() == f"error: {message}\n", inject
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(ValueError, match="the strength of corrupt is the share of log lines corrupted"):
+        Config(inject={"corrupt": 2})
+    assert Config(inject=[("drift", 0.5), "starve"]).inject == {"drift": 0.5, "starve": 1.0}
+
+
+def test_a_stronger_fairness_fault_makes_the_ratings_of_women_and_seniors_noisier_and_leaves_others_alone(tmp_path):
+    spread, others = [], []
+    for sd in (0.5, 0.9, 1.4, 2.0, 3.0):
+        path = tmp_path / str(sd)
+        summary = simulate(path, Config(users=800, movies=150, days=4, seed=2, inject={"fairness": sd}))
+        r = ev.parse_file(path / "events.log").ratings.merge(pd.read_csv(path / "users.csv"), on="user_id")
+        r = r[r.time >= pd.Timestamp(summary.injection_start)]
+        injected = (r.gender == "F") | (r.age >= 55)
+        spread.append(r[injected].rating.std())
+        others.append(r[~injected].reset_index(drop=True))
+    print("rating sd of women and seniors by strength:", [round(float(s), 3) for s in spread])
+    assert all(a < b for a, b in zip(spread, spread[1:]))
+    assert spread[-1] > spread[0] + 0.4
+    for frame in others[1:]:  # the same draws: everyone else's ratings are the very same
+        pd.testing.assert_frame_equal(frame, others[0])
+
+
+def test_a_stronger_starve_fault_takes_more_of_the_genre_out_of_the_lists(tmp_path):
+    shares = []
+    for strength in (0.0, 0.5, 1.0):
+        path = tmp_path / str(strength)
+        summary = simulate(path, Config(users=600, movies=150, days=4, seed=1, inject={"starve": strength}))
+        log = ev.parse_file(path / "events.log")
+        movies = pd.read_csv(path / "movies.csv", keep_default_na=False).set_index("movie_id")
+        items = log.items.merge(log.recommendations[["line", "time"]], on="line")
+        after = items[items.time >= pd.Timestamp(summary.injection_start)]
+        shares.append(movies.genres.loc[after.movie_id.astype(str)].str.contains("Romance").mean())
+    print("Romance share of the listed movies by strength:", [round(float(s), 3) for s in shares])
+    assert shares[0] > 0.05 and shares[2] < 0.005
+    assert 0.25 * shares[0] < shares[1] < 0.75 * shares[0]  # half the genre's movies, about half its slots

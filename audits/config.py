@@ -258,7 +258,8 @@ class Drift(Table):
                                                                  "signals drifted")
     dataset_severity: Severity = Field("critical", description="the severity of a dataset drift finding")
     min_sample: int = Field(200, ge=1, description="fewer values in either window: insufficient data, no verdict")
-    max_sample: int = Field(100_000, ge=1, description="numerical signals are sampled (seeded) beyond this")
+    max_sample: int = Field(100_000, ge=1, description="signals are sampled (seeded) by whole users or requests "
+                                                       "beyond this many values per window")
     seed: int = Field(0, ge=0, description="the seed of that sampling and of the noise floor's splits")
     report: bool = Field(True, description="write evidently's own report (HTML and JSON) beside the run")
     signals: Signals = Field(default_factory=Signals, description="each signal's test and threshold")

@@ -101,8 +101,13 @@ class Basis:
         return self._recommended[src]
 
 
-def _by_user(user_ids, values, n=1) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64), "value": values, "n": n})
+def _by_user(user_ids, values, n=1, of: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Counts by user and value. Made `of` a source's sample of users, they keep the number of
+    values it was drawn from (``attrs["population"]``, which `column` reports)."""
+    counts = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64), "value": values, "n": n})
+    if of is not None and "population" in of.attrs:
+        counts.attrs["population"] = of.attrs["population"]
+    return counts
 
 
 def _of_requests(counts: pd.Series) -> pd.DataFrame:
@@ -120,7 +125,7 @@ def _of_requests(counts: pd.Series) -> pd.DataFrame:
 
 def _rating(src, basis):
     counts = src.ratings_by_user(*basis.sample)
-    return _by_user(counts["user_id"], counts["rating"].astype(str), counts["n"])
+    return _by_user(counts["user_id"], counts["rating"].astype(str), counts["n"], of=counts)
 
 
 def _status(src, basis):
@@ -152,7 +157,7 @@ def _tiers_by_user(basis, counts: pd.DataFrame) -> pd.DataFrame:
     """(user_id, value, n): each user's counted movies (user_id, movie_id, n) by their
     reference popularity tier (or new)."""
     tier = basis.tiers.reindex(counts["movie_id"].astype(str)).fillna("new")
-    return _by_user(counts["user_id"], tier.to_numpy(), counts["n"].to_numpy())
+    return _by_user(counts["user_id"], tier.to_numpy(), counts["n"].to_numpy(), of=counts)
 
 
 def _watched_popularity(src, basis):
@@ -204,9 +209,9 @@ def _predicted_score(src, basis):
         return None
     pairs = basis.recommended(src)
     if pairs.empty:
-        return _by_user([], [], [])
+        return _by_user([], [], [], of=pairs)
     predicted, _cold = basis.model.predict(pairs["user_id"].to_numpy(), pairs["movie_id"].astype(str).to_numpy())
-    return _by_user(pairs["user_id"], predicted, pairs["n"].to_numpy())
+    return _by_user(pairs["user_id"], predicted, pairs["n"].to_numpy(), of=pairs)
 
 
 _BUILDERS = {  # name (configuration.DRIFT_SIGNALS): kind, unit, what, build
@@ -256,7 +261,7 @@ def column(signal: Signal, raw: pd.DataFrame | None, config: dict, salt: int) ->
     by = ["user_id", "value"] if signal.unit == USER else ["value"]
     counts = (raw[by[:-1]].assign(value=value.to_numpy(), n=raw["n"].to_numpy(dtype=np.int64))
               .query("n > 0").groupby(by)["n"].sum().reset_index())
-    population = int(counts["n"].sum())
+    population = int(raw.attrs.get("population", counts["n"].sum()))  # a source's sample: what it was drawn from
     if signal.unit == USER:
         counts = sample_users(counts, limit, seed)
         units = np.repeat(pd.factorize(counts["user_id"], sort=True)[0], counts["n"])

@@ -80,15 +80,20 @@ def user_key_sql(user_id, seed: int):
 def sample_users(counts: pd.DataFrame, limit: int, seed: int, unit: str = "user_id") -> pd.DataFrame:
     """The rows of the users a seeded sample of at most `limit` values keeps: every row when the
     counts (`n`) add up to no more, else the users taken in `user_keys` order (ties by id) while
-    their values fit, and at least the first. A user's values all go, or none do."""
+    their values fit, and at least the first. A user's values all go, or none do.
+
+    The rows' ``attrs["population"]`` is the number of values sampled from (the sum of `n`).
+    """
     totals = counts.groupby(unit)["n"].sum()
-    if totals.sum() <= limit:
-        return counts
-    ids = totals.index.to_numpy(dtype=np.int64)
-    order = np.lexsort((ids, user_keys(ids, seed)))
-    fits = np.cumsum(totals.to_numpy()[order]) <= limit
-    fits[0] = True
-    return counts[counts[unit].isin(ids[order[fits]])]
+    kept = counts
+    if totals.sum() > limit:
+        ids = totals.index.to_numpy(dtype=np.int64)
+        order = np.lexsort((ids, user_keys(ids, seed)))
+        fits = np.cumsum(totals.to_numpy()[order]) <= limit
+        fits[0] = True
+        kept = counts[counts[unit].isin(ids[order[fits]])].copy()
+    kept.attrs["population"] = int(totals.sum())
+    return kept
 
 
 class SignalSource(ABC):
@@ -108,7 +113,7 @@ class SignalSource(ABC):
     @abstractmethod
     def ratings_by_user(self, limit: int, seed: int) -> pd.DataFrame:
         """(user_id, rating, n): how often each user gave each rating, for the users that
-        `sample_users(limit, seed)` keeps."""
+        `sample_users(limit, seed)` keeps (``attrs["population"]``: all the window's ratings)."""
 
     @abstractmethod
     def ratings_per_user_day(self) -> pd.DataFrame:
@@ -135,7 +140,8 @@ class SignalSource(ABC):
     @abstractmethod
     def recommended_by_user(self, limit: int, seed: int) -> pd.DataFrame:
         """(user_id, movie_id, n): how often the window's requests recommended each movie to
-        each user, for the users that `sample_users(limit, seed)` keeps."""
+        each user, for the users that `sample_users(limit, seed)` keeps (``attrs["population"]``:
+        all the window's recommended movies)."""
 
     @abstractmethod
     def genres(self) -> pd.Series:
@@ -277,7 +283,9 @@ class StoreSource(SignalSource):
                      .where(*where, *some).group_by(user, *columns).order_by(user, *columns))
             counts = self.store.frame(query, fixed=True)
             if share >= 1 or counts["n"].sum() >= limit:
-                return sample_users(counts, limit, seed)[keys + ["n"]].reset_index(drop=True)
+                kept = sample_users(counts, limit, seed)[keys + ["n"]].reset_index(drop=True)
+                kept.attrs["population"] = int(total)  # the window's, not only the users read
+                return kept
             share *= 2
 
     def ratings_by_user(self, limit, seed):

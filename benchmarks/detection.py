@@ -161,12 +161,13 @@ def found(name: str, target: str, alarms: list, metrics: dict) -> bool:
 
 
 def worst_group(key: str, dim: str, metrics: dict) -> str | None:
-    """The group a fairness gap finding (fairness.<metric>_gap.<dim>) is about: the one with the
-    highest <metric> of `dim` among the groups with a value (those with enough ratings)."""
-    match = re.fullmatch(rf"fairness\.(\w+)_gap\.{re.escape(dim)}", key)
+    """The group a fairness gap finding is about, on all ratings (fairness.<metric>_gap.<dim>) or
+    on a part of them (fairness.<metric>_gap_<part>.<dim>, warm or cold-start): the one with the
+    highest <metric> of `dim` in that part among the groups with a value (enough ratings)."""
+    match = re.fullmatch(rf"fairness\.([a-z]+)_gap(_[a-z]+)?\.{re.escape(dim)}", key)
     if not match:
         return None
-    prefix = f"fairness.{match.group(1)}.{dim}."
+    prefix = f"fairness.{match.group(1)}{match.group(2) or ''}.{dim}."
     values = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix) and v is not None}
     return max(values, key=values.get) if values else None
 

@@ -190,6 +190,31 @@ def test_the_vectorised_noise_floor_scores_exactly_as_evidently_does(name, metho
     assert np.allclose(fast, one_by_one, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name, method", [("sex", "jensenshannon"), ("ratings_per_user", "wasserstein")])
+def test_units_drawn_by_kind_give_the_scores_of_permuted_units(name, method):
+    """600 users with one or two values of three: a dozen kinds of unit. The floor draws how
+    many of each kind go to the reference; explicit permutations of the users give the same
+    distribution of scores (1,960 of each, Kolmogorov-Smirnov)."""
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.legacy.core import ColumnType
+    from scipy import stats
+
+    kind = ColumnType.Categorical if drift.SIGNALS[name].kind == "categorical" else ColumnType.Numerical
+    rng = np.random.default_rng(3)
+    units = np.repeat(np.arange(600), rng.integers(1, 3, 600))
+    values = rng.choice([1.0, 2.0, 3.0], len(units), p=[.5, .3, .2])
+    pooled = pd.Series(values.astype(str), dtype=object) if method == "jensenshannon" else pd.Series(values)
+    test = get_stattest(pooled, pooled, kind, method)
+    assert drift._alike(drift._unit_histograms(test, kind, pooled, units, 600)[0]) is not None  # drawn by kind
+    by_kind = np.concatenate([drift.floor_scores(test, kind, pooled, units, 250, np.random.default_rng(seed), 0.1)
+                              for seed in range(40)])
+    labels = np.r_[np.ones(250, bool), np.zeros(350, bool)]
+    permuted = drift.split_scores(test, kind, pooled, units, rng.permuted(np.tile(labels, (len(by_kind), 1)), axis=1),
+                                  0.1)
+    assert stats.ks_2samp(by_kind, permuted).pvalue > 0.01
+    assert by_kind.mean() == pytest.approx(permuted.mean(), rel=0.05)
+
+
 def test_a_window_beyond_max_sample_is_sampled_by_whole_users_with_a_seed():
     config = cfg(max_sample=1000)
     rng = np.random.default_rng(0)
@@ -470,11 +495,14 @@ def test_drift_on_frames_gives_the_stored_audits_metrics_and_findings(store, par
         [(f.key, f.severity, f.message) for f in stored.findings]
     assert [s["status"] for s in framed.details["signals"]] == [s["status"] for s in stored.details["signals"]]
     floors = [{k: s.get(k) for k in ("signal", "unit", "noise_floor", "reference_units", "current_units",
-                                     "reference_sample", "current_sample")} for s in stored.details["signals"]]
+                                     "reference_n", "current_n", "reference_sample", "current_sample")}
+              for s in stored.details["signals"]]
     assert floors == [{k: s.get(k) for k in floors[0]} for s in framed.details["signals"]]
     assert {s["unit"] for s in floors} == {"user", "request"}
     if settings:  # sampled: whole users, the same from the database's aggregates as from the frames
-        assert any(s["current_sample"] < stored.details["signals"][i]["current_n"] for i, s in enumerate(floors))
+        for s in (s for s in floors if s["signal"] in ("recommended_popularity", "predicted_score")):
+            slots = len(window_of(events, *current)["recommendations"].merge(events.items, on="line"))
+            assert s["current_n"] == slots > s["current_sample"]  # what the sample was drawn from, every slot
 
 
 def test_a_partial_configuration_is_merged_over_the_defaults_and_an_unknown_key_is_refused():

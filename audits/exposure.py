@@ -354,8 +354,8 @@ def _gap(dim: str, metric: str, rows: list[dict], values: np.ndarray, resampled:
     message = (f"{USER_METRICS[metric]} is {points(w[metric])} for {w['label']} against {points(b[metric])} for "
                f"{b['label']}: a gap of {_gap_text(metric, gap)} ({settings['confidence']:.0%} interval "
                f"{_gap_text(metric, low)} to {_gap_text(metric, high)}) above the threshold "
-               f"{_gap_text(metric, threshold)}, beyond chance over {len(eligible)} groups (permutation test p = "
-               f"{test.p_value:.2g}, below {level:.2g}{shared}); {w['requests']:,} requests by {w['users']:,} users "
+               f"{_gap_text(metric, threshold)}, beyond chance over {len(eligible)} groups ({test.name} "
+               f"{gaps.p_below(test.p_value, level)}{shared}); {w['requests']:,} requests by {w['users']:,} users "
                f"against {b['requests']:,} by {b['users']:,}")
     return [Finding("exposure", key, settings["severity"], message, gap, threshold, kind="exposure_gap")]
 

@@ -220,23 +220,60 @@ class GroupMetrics:
     def _draws(self) -> dict[str, np.ndarray]:
         """Per part, resamples × groups × (rmse, mae): the groups' metrics over resamples of users
         drawn with replacement from all users (a user brings all their ratings, warm and cold;
-        a group may be absent from a draw: NaN). One set of draws serves every part."""
+        a group may be absent from a draw: NaN). One set of draws serves every part, and
+        `draw_together` one set every dimension."""
         if "draws" not in self._boot:
-            from scipy import sparse
-
-            _users, labels, code, sums = self._users
-            k, rows = len(labels), np.arange(len(code))
-            # Per user, per part, its ratings, squared and absolute errors in its group's columns.
-            per_user = sparse.hstack([sparse.csr_array((values, (rows, code)), shape=(len(code), k))
-                                      for part in PARTS for values in sums[part]]).tocsr()
-            resampled = bootstrap.resampled_sums(per_user, self.resamples, self.seed)
-            draws = {}
-            for i, part in enumerate(PARTS):
-                total, squared, absolute = (resampled[:, (3 * i + j) * k:(3 * i + j + 1) * k] for j in range(3))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    draws[part] = np.stack([np.sqrt(squared / total), absolute / total], axis=2)
-            self._boot["draws"] = draws
+            self._take_draws(bootstrap.resampled_sums(self._per_user(), self.resamples, self.seed))
         return self._boot["draws"]
+
+    def _per_user(self):
+        """users × (2 parts × 3 sums × k groups), sparse: each user's ratings, squared and
+        absolute errors, warm then cold-start, in its group's columns. All ratings' sums are
+        the two parts' added, so they need no columns of their own."""
+        from scipy import sparse
+
+        _users, labels, code, sums = self._users
+        k, rows = len(labels), np.arange(len(code))
+        per_user = sparse.hstack([sparse.csr_array((values, (rows, code)), shape=(len(code), k))
+                                  for part in ("_warm", "_cold") for values in sums[part]]).tocsr()
+        per_user.eliminate_zeros()  # a user without ratings in a part: nothing to multiply
+        return per_user
+
+    def _take_draws(self, resampled: np.ndarray) -> None:
+        """The draws from resamples × columns of `_per_user`'s resampled sums."""
+        k = len(self._users[1])
+        blocks = [[resampled[:, (3 * i + j) * k:(3 * i + j + 1) * k] for j in range(3)] for i in range(2)]
+        parts = {"": [warm + cold for warm, cold in zip(*blocks)], "_warm": blocks[0], "_cold": blocks[1]}
+        draws = {}
+        for part, (total, squared, absolute) in parts.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                draws[part] = np.stack([np.sqrt(squared / total), absolute / total], axis=2)
+        self._boot["draws"] = draws
+
+
+def draw_together(frames) -> None:
+    """The bootstrap of several dimensions' GroupMetrics of the same ratings, made once.
+
+    Each frame draws users by its seed over its users; frames of the same users, resamples and
+    seed draw the very same resamples, so the draws and the products with them are made once
+    for all (the cost of drawing grows with the users, and at hundreds of thousands of users it
+    is most of an audit's time). Frames that differ keep their own draws.
+    """
+    pending = [f for f in frames if "draws" not in f._boot]
+    if len(pending) < 2:
+        return
+    first = pending[0]
+    if any(not np.array_equal(f._users[0], first._users[0]) or (f.resamples, f.seed) != (first.resamples, first.seed)
+           for f in pending):
+        return
+    from scipy import sparse
+
+    blocks = [f._per_user() for f in pending]
+    resampled = bootstrap.resampled_sums(sparse.hstack(blocks).tocsr(), first.resamples, first.seed)
+    at = 0
+    for frame, block in zip(pending, blocks):
+        frame._take_draws(resampled[:, at:at + block.shape[1]])
+        at += block.shape[1]
 
 
 def _metrics(error: np.ndarray) -> dict:
@@ -287,6 +324,7 @@ def assess(evaluated: pd.DataFrame, settings: dict, age_bins: dict, ranking: pd.
     # figures are shown, its findings would repeat the mix's.
     whole = [part for part in parts if part and counts[part] == len(evaluated)]
     frames = {dim: group_metrics(evaluated, column, settings) for dim, column in dimensions.items()}
+    draw_together(frames.values())
     # Every gap of the run is tested at one shared level, so that a fair service stays quiet
     # however many dimensions, metrics and parts are looked at (Bonferroni).
     tests = len(ACCURACY) * sum(int(frame.table(part)["sufficient"].sum()) >= 2
@@ -374,7 +412,7 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, part: str, settings: dict, 
     pair = frame.worst_and_best(metric, part)
     row = {"dimension": dim, "part": part, "ratings": PARTS[part], "metric": metric, "gap": gap,
            "low": interval.low, "high": interval.high, "p": p, "alpha": alpha, "threshold": threshold,
-           "detectable": smallest, "power": settings["power"],
+           "detectable": smallest, "power": settings["power"], "test": None if test is None else test[metric].method,
            "detectable_by_group": {} if detectable is None else
            {groups.label(dim, g, age_bins): float(v) for g, v in detectable.items()},
            "worst": None if pair is None else groups.label(dim, pair[0], age_bins),
@@ -403,7 +441,7 @@ def _gap(frame: GroupMetrics, dim: str, metric: str, part: str, settings: dict, 
     message = (f"{metric.upper()}{among} is {w[metric]:.2f} for {groups.label(dim, worst, age_bins)} against "
                f"{b[metric]:.2f} for {groups.label(dim, best, age_bins)}: a gap of {gap:.2f} "
                f"({settings['confidence']:.0%} interval {interval.low:.2f} to {interval.high:.2f}) above the threshold "
-               f"{threshold:g}, beyond chance over {m} groups (permutation test p = {p:.2g}, below {alpha:.2g}"
+               f"{threshold:g}, beyond chance over {m} groups ({test[metric].name} {gaps.p_below(p, alpha)}"
                f"{'' if tests == 1 else f' for the {tests} gaps tested'}); {int(w['n']):,} ratings "
                f"by {int(w['users']):,} users against {int(b['n']):,} by {int(b['users']):,}")
     without = ("no gap left to compare" if influence["gap_without"] is None
@@ -445,8 +483,9 @@ def _by(part: pd.DataFrame, column: str, value: str) -> dict:
 
 def _method(settings: dict) -> dict:
     """The settings a reader needs to judge the intervals and the groups left without a verdict."""
-    return {key: settings[key] for key in ("resamples", "permutations", "power", "seed", "confidence",
-                                           "min_group_size", "min_group_users")}
+    return {**{key: settings[key] for key in ("resamples", "permutations", "power", "seed", "confidence",
+                                              "min_group_size", "min_group_users")},
+            "normal_min_users": gaps.NORMAL_MIN_USERS}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CELLS = 10_000_000  # permuted labels held at once (80 MB)
+CELLS = 10_000_000  # permuted labels held at once (10 MB as int8)
+# Beyond EXACT_CELLS (users × shuffles) the shuffles cost seconds per test (about 7 ns a cell),
+# and with NORMAL_MIN_USERS users in every group a group's sums are as good as normal: the
+# permutation distribution is then drawn from its normal approximation, exact in mean and
+# covariance (sampling without replacement), at a cost that does not grow with the users.
+EXACT_CELLS = 200_000_000
+NORMAL_MIN_USERS = 1_000
+PERMUTATION, NORMAL = "permutation", "normal approximation of the permutation distribution"
 # Shuffles beyond the level, at least: the smallest p-value a test can give is 1 / (1 + shuffles),
 # and a level shared among many gaps (0.05 / 18) needs thousands of shuffles to be reached at all.
 TAIL_SHUFFLES = 10
@@ -88,12 +95,21 @@ class GapTest:
     null_sd : numpy.ndarray
         Per group, the standard deviation of its statistic over the shuffles: how much the
         group's figure moves by chance at its size.
+    method : str
+        PERMUTATION (labels shuffled) or NORMAL (shuffles drawn from the normal approximation
+        of the group sums' permutation distribution, for many users in large groups).
     """
 
     observed: float
     p_value: float
     critical: float
     null_sd: np.ndarray
+    method: str = PERMUTATION
+
+    @property
+    def name(self) -> str:
+        """The test as a finding names it."""
+        return "permutation test" if self.method == PERMUTATION else "permutation test (normal approximation)"
 
 
 def shuffles(level: float, asked: int) -> int:
@@ -108,7 +124,9 @@ def shuffles(level: float, asked: int) -> int:
 def permutation_tests(sums: UserSums, permutations: int, seed: int, alpha: float) -> dict[str, GapTest]:
     """The permutation test of max − min of each statistic over the groups of `sums`, shuffling
     the group labels over users (each user keeps all their ratings; group sizes in users stay
-    as they are).
+    as they are). Past EXACT_CELLS users × shuffles, with at least NORMAL_MIN_USERS users in
+    every group, the shuffles' group sums are drawn from their normal approximation instead
+    (`GapTest.method` says which).
 
     Parameters
     ----------
@@ -144,17 +162,14 @@ def permutation_tests(sums: UserSums, permutations: int, seed: int, alpha: float
     observed = {m: _range(statistic(m, np.bincount(sums.code, weights=num, minlength=k),
                                     np.bincount(sums.code, weights=sums.den, minlength=k))[None, :])[0]
                 for m, num in sums.nums.items()}
+    normal = (users * permutations > EXACT_CELLS
+              and np.bincount(sums.code, minlength=k).min() >= NORMAL_MIN_USERS)
     ranges = {m: [] for m in sums.nums}
     total = {m: np.zeros(k) for m in sums.nums}
     squares = {m: np.zeros(k) for m in sums.nums}
-    chunk = max(1, min(permutations, CELLS // max(users, 1)))
-    for start in range(0, permutations, chunk):
-        c = min(chunk, permutations - start)
-        shuffled = rng.permuted(np.tile(sums.code, (c, 1)), axis=1)
-        flat = (shuffled + (np.arange(c) * k)[:, None]).ravel()
-        den = np.bincount(flat, weights=np.tile(sums.den, c), minlength=c * k).reshape(c, k)
-        for m, num in sums.nums.items():
-            values = statistic(m, np.bincount(flat, weights=np.tile(num, c), minlength=c * k).reshape(c, k), den)
+    for den, nums in (_normal_sums if normal else _shuffled_sums)(sums, permutations, rng):
+        for m, num in nums.items():
+            values = statistic(m, num, den)
             ranges[m].append(_range(values))
             total[m] += values.sum(axis=0)
             squares[m] += (values ** 2).sum(axis=0)
@@ -166,8 +181,60 @@ def permutation_tests(sums: UserSums, permutations: int, seed: int, alpha: float
         # A tolerance, so that shuffles equal to the observed gap up to rounding count as at least as large.
         at_least = int(np.sum(null >= observed[m] - 1e-12 * max(1.0, abs(observed[m]))))
         tests[m] = GapTest(float(observed[m]), (1 + at_least) / (1 + permutations),
-                           float(np.quantile(null, 1 - alpha)), sd)
+                           float(np.quantile(null, 1 - alpha)), sd, NORMAL if normal else PERMUTATION)
     return tests
+
+
+def _shuffled_sums(sums: UserSums, permutations: int, rng):
+    """Chunks of shuffles' group sums (den: shuffles × groups, and each statistic's numerators),
+    the group labels shuffled over users."""
+    k, users = sums.groups, len(sums.code)
+    # int8 codes: the same shuffles as int64 ones (the positions permuted do not depend on the
+    # type), three times as fast to permute.
+    code = sums.code.astype(np.int8 if k <= 127 else np.int64)
+    chunk = max(1, min(permutations, CELLS // max(users, 1)))
+    for start in range(0, permutations, chunk):
+        c = min(chunk, permutations - start)
+        shuffled = rng.permuted(np.tile(code, (c, 1)), axis=1)
+        flat = (shuffled + (np.arange(c) * k)[:, None]).ravel()
+        den = np.bincount(flat, weights=np.tile(sums.den, c), minlength=c * k).reshape(c, k)
+        yield den, {m: np.bincount(flat, weights=np.tile(num, c), minlength=c * k).reshape(c, k)
+                    for m, num in sums.nums.items()}
+
+
+def _normal_sums(sums: UserSums, permutations: int, rng, chunk: int = 10_000):
+    """Chunks of group sums drawn from the normal law with the permutation's own mean and
+    covariance: a group of n of the N users sums to n·x̄ on average, with covariance
+    (n δ − n n' / N) · S · N / (N − 1) between groups of n and n' users (S: the users' covariance
+    of den and numerators). Drawn as W_g ~ N(0, n_g S N / (N − 1)) less n_g / N of their total."""
+    k, users = sums.groups, len(sums.code)
+    x = np.column_stack([sums.den, *sums.nums.values()])
+    n = np.bincount(sums.code, minlength=k).astype(float)
+    cov = np.atleast_2d(np.cov(x, rowvar=False, bias=True)) * users / max(users - 1, 1)
+    # A square root of the covariance that tolerates its being singular (a constant column).
+    values, vectors = np.linalg.eigh(cov)
+    root = vectors * np.sqrt(np.maximum(values, 0))
+    for start in range(0, permutations, chunk):
+        c = min(chunk, permutations - start)
+        w = rng.standard_normal((c, k, x.shape[1])) @ root.T * np.sqrt(n)[None, :, None]
+        drawn = w - (n / users)[None, :, None] * w.sum(axis=1, keepdims=True) + n[None, :, None] * x.mean(axis=0)
+        den = np.maximum(drawn[:, :, 0], np.finfo(float).tiny)  # never reached with large groups; no division by 0
+        yield den, {m: drawn[:, :, 1 + i] for i, m in enumerate(sums.nums)}
+
+
+def p_below(p: float, level: float) -> str:
+    """"p = …, below …" with as many digits as it takes to tell a p-value from the level it
+    passed (two, unless both would read the same).
+
+    >>> p_below(0.00031, 0.0031)
+    'p = 0.00031, below 0.0031'
+    >>> p_below(10 / 3201, 0.05 / 16)
+    'p = 0.00312, below 0.00313'
+    """
+    digits = 2
+    while f"{p:.{digits}g}" == f"{level:.{digits}g}" and digits < 17:
+        digits += 1
+    return f"p = {p:.{digits}g}, below {level:.{digits}g}"
 
 
 def _range(values: np.ndarray) -> np.ndarray:

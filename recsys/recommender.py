@@ -353,7 +353,9 @@ def evaluate(model: Model, test: pd.DataFrame) -> dict:
 
 def ranking_per_user(top: dict[int, list[str]], test: pd.DataFrame, k: int = 20) -> pd.DataFrame:
     """(user_id, hit, ndcg) at k for each user of `top` with held-out ratings of at least LIKED."""
-    liked = test[test["rating"] >= LIKED].groupby("user_id")["movie_id"].apply(lambda m: set(m.astype(str)))
+    # Only the users ranked: `top` is often a sample of a few thousand among many more raters.
+    rows = test[(test["rating"] >= LIKED) & test["user_id"].isin(list(top))]
+    liked = rows["movie_id"].astype(str).groupby(rows["user_id"]).agg(set)
     users = [u for u in liked.index if u in top]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     hits, ndcgs = [], []

@@ -381,3 +381,25 @@ def test_exported_csv_has_one_row_per_rating_with_its_groups(model_and_data, tmp
     with open(tmp_path / "p.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(data.test) and {r["sex"] for r in rows} <= {"F", "M"}
+
+
+def test_dimensions_drawn_together_get_the_intervals_each_would_get_alone():
+    """One bootstrap serves every dimension of a run (the draws are the costly part at many
+    users); each dimension's intervals, on all, warm and cold-start ratings, are those it draws
+    alone."""
+    rng = np.random.default_rng(5)
+    user = rng.integers(0, 400, 5000)
+    error = rng.normal(0, 1, 5000) + rng.normal(0, 0.3, 400)[user]
+    cold = rng.random(5000) < 0.4
+    dims = {"sex": np.array(["F", "M"])[user % 2], "age": np.array(["a", "b", "c"])[user % 3]}
+
+    def frames():
+        return {d: fairness.GroupMetrics(error, user, g, min_group_size=10, min_group_users=5, resamples=300,
+                                         cold=cold) for d, g in dims.items()}
+
+    alone, together = frames(), frames()
+    fairness.draw_together(together.values())
+    assert all("draws" in frame._boot for frame in together.values())  # drawn once, by draw_together
+    for d in dims:
+        for part in fairness.PARTS:
+            pd.testing.assert_frame_equal(together[d].intervals(part), alone[d].intervals(part), rtol=1e-12)

@@ -74,3 +74,42 @@ def test_the_most_influential_user_and_the_users_it_takes_to_sink_a_gap_are_foun
     # a group left below its minimum leaves the comparison: with min_users=4, no gap is left at all
     alone = gaps.influence(gaps.UserSums(code, den, {"rmse": sse}, 2), "rmse", 0.6, min_den=1, min_users=4)
     assert alone.gap_without is None and alone.sinking == 1
+
+
+def heavy(rng, sizes, scale_first: float = 1.0) -> gaps.UserSums:
+    """Groups of the given sizes in users, whose users rate a lognormal number of times (1 to
+    hundreds, as on a streaming service) with a bias of their own."""
+    code = np.repeat(np.arange(len(sizes)), sizes)
+    ratings = np.ceil(rng.lognormal(1, 1, len(code)))
+    bias = rng.normal(0, 0.4, len(code))
+    scale = np.where(code == 0, scale_first, 1.0)
+    # A user's n errors, each bias + unit noise: their squared sum drawn exactly (noncentral χ²).
+    sse = scale ** 2 * rng.noncentral_chisquare(ratings, ratings * bias ** 2)
+    sae = scale * (np.abs(bias) * ratings + rng.normal(0, np.sqrt(ratings) * 0.6, len(code))).clip(0)
+    return gaps.UserSums(code, ratings, {"rmse": sse, "mae": sae}, len(sizes))
+
+
+def test_many_users_in_large_groups_are_tested_by_the_normal_approximation_with_the_shuffles_answers(monkeypatch):
+    """The same sums tested both ways: the normal approximation's critical gap, each group's
+    chance spread and p agree with the shuffles'; a group under NORMAL_MIN_USERS keeps the
+    shuffles however many users there are."""
+    sums = heavy(np.random.default_rng(7), [1000, 1500, 2500, 4000], scale_first=1.04)
+    exact = gaps.permutation_tests(sums, 4000, seed=1, alpha=0.05)
+    monkeypatch.setattr(gaps, "EXACT_CELLS", 0)
+    normal = gaps.permutation_tests(sums, 4000, seed=1, alpha=0.05)
+    for metric in ("rmse", "mae"):
+        e, n = exact[metric], normal[metric]
+        assert (e.method, n.method) == (gaps.PERMUTATION, gaps.NORMAL)
+        assert n.observed == e.observed
+        assert n.critical == pytest.approx(e.critical, rel=0.1)
+        np.testing.assert_allclose(n.null_sd, e.null_sd, rtol=0.1)
+        assert abs(n.p_value - e.p_value) < 0.03
+    small = heavy(np.random.default_rng(7), [999, 5000])
+    assert gaps.permutation_tests(small, 100, seed=1, alpha=0.05)["rmse"].method == gaps.PERMUTATION
+
+
+def test_the_normal_approximation_keeps_the_level_with_no_true_gap(monkeypatch):
+    monkeypatch.setattr(gaps, "EXACT_CELLS", 0)
+    fired = sum(gaps.permutation_tests(heavy(np.random.default_rng(seed), [1000, 1200, 3000]), 2000, seed,
+                                       alpha=0.05)["rmse"].p_value < 0.05 for seed in range(200))
+    assert fired <= 16  # 5% of 200 is 10; 16 is beyond what chance gives one time in 40

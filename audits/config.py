@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from recaudit.audits.groups import BUILT_IN, DEFAULT_AGE_GROUPS, UNKNOWN
-from recaudit.audits.result import SEVERITIES
+from recaudit.audits.vocabulary import SEVERITIES
 from recaudit.recsys import formats
 from recaudit.recsys.formats import InputError, attribute_name_problem
 from recaudit.recsys.recommender import ALGOS
@@ -176,6 +176,9 @@ class Audit(Table):
     window: Duration = Field("1d", description="the current window: this long, ending at the end of the "
                                                "latest day with data (without --since/--until)")
     out: str = Field("recaudit-reports", min_length=1, description="the dashboard (index.html) and runs/<run_id>/")
+    max_silence: Annotated[str, AfterValidator(lambda v: v and _positive_duration(v))] = Field(
+        "1h", description='an event kind no ingest stored for this long (wall-clock) is a critical condition; "" '
+                          'for no check')
 
 
 def _bin(value):
@@ -433,13 +436,82 @@ class Rule(Table):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+def _address(value: str) -> str:
+    if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", value):
+        raise ValueError(f"must be an email address such as \"oncall@example.org\" (got {value!r})")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url), Shown("`http://` or `https://` URL")]
+Address = Annotated[str, AfterValidator(_address), Shown("email address")]
+EnvName = Annotated[str, Shown("environment variable name")]
+CHANNEL = "the channel, and so the body sent and the other keys of the entry"
+
+
 class Webhook(Table):
+    """What every entry of [[alerts.webhooks]] has, whatever its channel (`format`)."""
+
     name: str = Field(min_length=1, description="names the webhook in the outbox")
-    url: Annotated[str, AfterValidator(_http_url), Shown("`http://` or `https://` URL")] = Field(
-        description="where the alerts are posted")
-    format: Literal["json", "slack"] = Field("json", description="the body posted")
-    secret_env: str = Field("", description='the environment variable holding the signing secret; "" for none')
     timeout: float = Field(5.0, gt=0, description="seconds")
+
+
+class JsonWebhook(Webhook):
+    format: Literal["json"] = Field("json", description=CHANNEL)
+    url: HttpUrl = Field(description="where the alerts are posted")
+    secret_env: EnvName = Field("", description='the environment variable holding the HMAC-SHA256 signing secret; '
+                                                '"" for none')
+
+
+class SlackWebhook(JsonWebhook):
+    format: Literal["slack"] = Field(description=CHANNEL)
+
+
+class TeamsWebhook(JsonWebhook):
+    format: Literal["teams"] = Field(description=CHANNEL)
+
+
+class PagerDutyWebhook(Webhook):
+    format: Literal["pagerduty"] = Field(description=CHANNEL)
+    url: HttpUrl = Field("https://events.pagerduty.com/v2/enqueue", description="the Events API v2 endpoint")
+    routing_key_env: EnvName = Field(min_length=1, description="the environment variable holding the integration's "
+                                                               "routing key")
+
+
+class EmailWebhook(Webhook):
+    format: Literal["email"] = Field(description=CHANNEL)
+    smtp_host: str = Field(min_length=1, description="the SMTP server")
+    smtp_port: int = Field(587, ge=1, le=65535, description="its port (587: submission with STARTTLS)")
+    starttls: bool = Field(True, description="upgrade the connection with STARTTLS, verifying the server's "
+                                             "certificate, before anything is sent")
+    username_env: EnvName = Field("", description='the environment variable holding the SMTP login; "" for no '
+                                                  'login')
+    password_env: EnvName = Field("", description='the environment variable holding the SMTP password; "" for no '
+                                                  'login')
+    sender: Address = Field(description="the From address")
+    to: Annotated[list[Address], Shown("list of email addresses")] = Field(min_length=1, description="the recipients")
+    ca_file: str = Field("", description='PEM file of the CA certificates the server\'s is verified against; "" for '
+                                         'the system\'s')
+
+    @model_validator(mode="after")
+    def _login(self):
+        if bool(self.username_env) != bool(self.password_env):
+            given, missing = ("username_env", "password_env") if self.username_env else ("password_env", "username_env")
+            raise Misplaced(missing, f"must be set too when {given} is (a login needs both)")
+        if self.username_env and not self.starttls:
+            raise Misplaced("starttls", "must be true when logging in: the password is sent only over TLS")
+        return self
+
+
+CHANNELS = (JsonWebhook, SlackWebhook, TeamsWebhook, PagerDutyWebhook, EmailWebhook)
+
+
+def _default_channel(entry):
+    """An entry without `format` is a JSON webhook, as every entry was before there were channels."""
+    return {"format": JsonWebhook.model_fields["format"].default, **entry} if isinstance(entry, dict) else entry
+
+
+# One of CHANNELS, chosen by `format`, as Great Expectations' checkpoint actions are by `type`.
+AnyWebhook = Annotated[Union[CHANNELS], Field(discriminator="format"), BeforeValidator(_default_channel)]
 
 
 class Alerts(Table):
@@ -447,7 +519,8 @@ class Alerts(Table):
         "warning", description='every finding at least this severe alerts; "" for none (rules only)')
     report_url: str = Field("", description='where the reports are published, for links in alerts; "" for file paths')
     rules: list[Rule] = Field([], description="[[alerts.rules]]: alerts on a metric or a kind of finding")
-    webhooks: list[Webhook] = Field([], description="[[alerts.webhooks]]: where alerts are posted")
+    webhooks: list[AnyWebhook] = Field([], description="[[alerts.webhooks]]: where alerts are sent, an entry per "
+                                                       "channel")
     backoff_seconds: float = Field(30.0, gt=0, description="first retry after this, doubling each attempt ...")
     max_backoff_seconds: float = Field(3600.0, gt=0, description="... up to this; an alert is never given up")
 
@@ -616,28 +689,36 @@ def _first_per_key(errors: list[dict]) -> list[dict]:
 def _describe(error: dict) -> str:
     """`drift.signals.sex.method: must be one of ... (got 'nosuch')`: the dotted key (a list's
     entries counted from 1, as a reader counts [[alerts.rules]]) and the reason."""
-    loc, ctx = list(error["loc"]), error.get("ctx") or {}
+    loc, ctx = _as_written(error["loc"]), error.get("ctx") or {}
     if isinstance(ctx.get("error"), Misplaced):
         loc.append(ctx["error"].key)
+    if error["type"] == "union_tag_invalid":  # the key that chooses the table's kind is at fault
+        loc.append(ctx["discriminator"].strip("'"))
     key = "".join(f"[{part + 1}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    return f"{key}: {_reason(error, loc)}".replace("\n", " ")
+    return f"{key}: {_reason(error)}".replace("\n", " ")
 
 
 TYPES = {"string_type": "a string", "int_type": "a whole number", "float_type": "a number",
-         "bool_type": "true or false", "list_type": "a list", "dict_type": "a table", "model_type": "a table"}
+         "bool_type": "true or false", "list_type": "a list", "dict_type": "a table", "model_type": "a table",
+         "model_attributes_type": "a table"}
 
 
-def _reason(error: dict, loc: list) -> str:
+def _reason(error: dict) -> str:
     """The reason in the words of the README's table, not pydantic's ("Input should be ...")."""
     kind, got, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return f"unknown setting (known: {', '.join(_known_keys(loc[:-1]))})"
+        return f"unknown setting (known: {', '.join(_known_keys(list(error['loc'])[:-1]))})"
     if kind == "missing":
         return "is required"
     if kind == "value_error":
         return str(ctx["error"])
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "too_short":
+        return f"must not be empty (got {got!r})"
+    if kind == "union_tag_invalid":
+        field = ctx["discriminator"].strip("'")
+        return f"must be one of {ctx['expected_tags']} (got {got.get(field)!r})"
     if kind in TYPES:
         reason = f"must be {TYPES[kind]}"
     elif kind == "literal_error":
@@ -655,11 +736,29 @@ def _reason(error: dict, loc: list) -> str:
 
 def _known_keys(loc: list) -> list[str]:
     """The keys of the table at `loc`, for the message refusing an unknown one."""
-    model = Settings
+    return list(_walk(loc)[0].model_fields)
+
+
+def _as_written(loc) -> list:
+    """`loc` without the parts pydantic adds that the file does not have: the tag naming the kind
+    of a table in a list of several kinds (the "pagerduty" of a PagerDuty webhook)."""
+    return _walk(loc)[1]
+
+
+def _walk(loc) -> tuple[type[BaseModel], list]:
+    """The model of the table at `loc` (the innermost one, when `loc` ends in a value), and
+    `loc` as the file writes it."""
+    model, kinds, written = Settings, {}, []
     for part in loc:
+        if part in kinds:  # the tag of a tagged union: which member's table this is
+            model, kinds = kinds[part], {}
+            continue
+        written.append(part)
         if not isinstance(part, int) and part in model.model_fields:  # not a list's index or a table's own name
-            model = _model_in(model.model_fields[part].annotation)
-    return list(model.model_fields)
+            annotation = model.model_fields[part].annotation
+            kinds = _kinds(annotation)[1]
+            model = next(iter(kinds.values()), None) or _model_or_none(annotation) or model
+    return model, written
 
 
 def _model_in(annotation) -> type[BaseModel]:
@@ -699,6 +798,9 @@ def _rows(model: type[BaseModel], prefix: str):
             for sub, subfield in item.model_fields.items():
                 yield (f"`{key}.<{inner.item}>.{sub}`", _type_text(subfield),
                        _grouped({n: getattr(getattr(defaults, n), sub) for n in names}), subfield.description)
+        elif _kinds(field.annotation)[1]:
+            yield f"`{key}`", "list of tables", "`[]`", field.description
+            yield from _kind_rows(key, *_kinds(field.annotation))
         elif inner is not None and get_origin(field.annotation) is list:
             yield f"`{key}`", "list of tables", "`[]`", field.description
             yield from ((f"`{key}[].{k}`", t, d, desc) for k, t, d, desc in _leaves(inner))
@@ -711,9 +813,39 @@ def _rows(model: type[BaseModel], prefix: str):
             yield f"`{key}`", _type_text(field), _shown_default(field), field.description
 
 
+def _kind_rows(key: str, chooser: str, kinds: dict[str, type[BaseModel]]):
+    """The rows of a list of tables of several kinds: first `chooser`, the key choosing the kind,
+    then each other key once, under the kinds that have it (`key[]` when all do, else
+    `key[format = "a", "b"]`), in the order the models give them."""
+    fields = [m.model_fields[chooser] for m in kinds.values()]
+    default = next((f"`{_toml(f.default)}`" for f in fields if not f.is_required()), "required")
+    yield (f"`{key}[].{chooser}`", "one of " + ", ".join(f"`{_toml(tag)}`" for tag in kinds), default,
+           fields[0].description)
+    owners: dict[tuple, list[str]] = {}
+    for tag, model in kinds.items():
+        for row in _leaves(model):
+            if row[0] != chooser:
+                owners.setdefault(row, []).append(tag)
+    for (name, *rest), tags in owners.items():
+        where = "" if len(tags) == len(kinds) else f"{chooser} = {', '.join(_toml(t) for t in tags)}"
+        yield (f"`{key}[{where}].{name}`", *rest)
+
+
 def _leaves(model: type[BaseModel]):
     for name, field in model.model_fields.items():
         yield name, _type_text(field), _shown_default(field), field.description
+
+
+def _kinds(annotation) -> tuple[str, dict[str, type[BaseModel]]]:
+    """The key that chooses the model of a (list of a) tagged union, such as [[alerts.webhooks]],
+    and its models by tag; ("", {}) for any other annotation."""
+    for candidate in (annotation, *get_args(annotation)):
+        if get_origin(candidate) is Annotated:
+            member, *metadata = get_args(candidate)
+            chooser = next((m.discriminator for m in metadata if getattr(m, "discriminator", None)), None)
+            if chooser:
+                return chooser, {get_args(m.model_fields[chooser].annotation)[0]: m for m in get_args(member)}
+    return "", {}
 
 
 def _model_or_none(annotation) -> type[BaseModel] | None:

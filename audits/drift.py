@@ -30,6 +30,7 @@ from recaudit.audits import groups
 from recaudit.audits.drift_sources import FrameSource, SignalSource, StoreSource, sample_users
 from recaudit.audits.files import write_atomic
 from recaudit.audits.result import AuditResult, Finding
+from recaudit.audits.vocabulary import distinct
 
 CATEGORICAL, NUMERICAL = "categorical", "numerical"
 USER, REQUEST = "user", "request"  # the units a signal's values are independent by
@@ -423,8 +424,9 @@ def describe_change(signal: Signal, reference: Column, current: Column, config: 
         return (f"the share of {signal.what} = {label} went from {both.loc[top, 'ref']:.0%} "
                 f"to {both.loc[top, 'cur']:.0%}")
     r, c = reference.values, current.values
-    return (f"the mean {signal.what} went from {r.mean():.3g} to {c.mean():.3g} "
-            f"(median {r.median():.3g} to {c.median():.3g})")
+    means, medians, spreads = (distinct(f(r), f(c), 3) for f in (pd.Series.mean, pd.Series.median, pd.Series.std))
+    return (f"the mean {signal.what} went from {means[0]} to {means[1]} (median {medians[0]} to {medians[1]}, "
+            f"standard deviation {spreads[0]} to {spreads[1]})")
 
 
 def reference_window(ctx) -> tuple[pd.Timestamp, pd.Timestamp]:

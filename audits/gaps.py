@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recaudit.audits.vocabulary import distinct
+
 CELLS = 10_000_000  # permuted labels held at once (10 MB as int8)
 # Beyond EXACT_CELLS (users × shuffles) the shuffles cost seconds per test (about 7 ns a cell),
 # and with NORMAL_MIN_USERS users in every group a group's sums are as good as normal: the
@@ -231,10 +233,8 @@ def p_below(p: float, level: float) -> str:
     >>> p_below(10 / 3201, 0.05 / 16)
     'p = 0.00312, below 0.00313'
     """
-    digits = 2
-    while f"{p:.{digits}g}" == f"{level:.{digits}g}" and digits < 17:
-        digits += 1
-    return f"p = {p:.{digits}g}, below {level:.{digits}g}"
+    p_text, level_text = distinct(p, level)
+    return f"p = {p_text}, below {level_text}"
 
 
 def _range(values: np.ndarray) -> np.ndarray:

@@ -21,6 +21,15 @@ from recaudit.audits.database import connect
 from recaudit.audits.schema import audit_results, audit_runs, findings, job_runs, metrics, models, scheduler_lease
 from recaudit.clock import utc_now
 
+ANY = "*"  # a `schedule` argument meaning runs of every job and ad-hoc ones alike
+
+
+def _of_schedule(query, schedule: str | None):
+    """`query` narrowed to the runs of the job `schedule` (None: the ad-hoc runs; ANY: all)."""
+    if schedule == ANY:
+        return query
+    return query.where(audit_runs.c.schedule.is_(None) if schedule is None else audit_runs.c.schedule == schedule)
+
 
 class HistoryStore:
     """Runs, metrics, findings, jobs, the lease and models of a `Store` (which gives `engine`,
@@ -28,11 +37,13 @@ class HistoryStore:
 
     # -- audit runs, their metrics and findings --------------------------------------------
 
-    def start_run(self, since, until, audits: list[str]) -> int:
+    def start_run(self, since, until, audits: list[str], schedule: str | None = None) -> int:
+        """Record that a run of `audits` over [since, until) started, by the scheduled job
+        `schedule` (None: ad hoc); returns its id."""
         with self.transaction() as conn:
             return conn.execute(audit_runs.insert().values(
-                started_at=utc_now(), since=pd.Timestamp(since),
-                until=pd.Timestamp(until), audits=",".join(audits), status="running",
+                started_at=utc_now(), since=pd.Timestamp(since), until=pd.Timestamp(until),
+                audits=",".join(audits), status="running", schedule=schedule,
             ).returning(audit_runs.c.id)).scalar_one()
 
     def finish_run(self, run_id: int, document: dict, path) -> None:
@@ -61,22 +72,30 @@ class HistoryStore:
             conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
                 finished_at=utc_now(), status="errored", error=reason))
 
-    def runs(self) -> list[dict]:
-        """Every finished run, newest first: id, since, until, status, started_at, path and its
+    def runs(self, limit: int | None = None, schedule: str | None = ANY) -> list[dict]:
+        """Finished runs, newest first (the newest `limit`; those of the job `schedule`, None for
+        the ad-hoc ones, when given): id, since, until, status, started_at, schedule, path and its
         results.json document."""
-        query = (select(audit_runs).where(audit_runs.c.finished_at.is_not(None))
-                 .order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()))
+        query = (_of_schedule(select(audit_runs).where(audit_runs.c.finished_at.is_not(None)), schedule)
+                 .order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()).limit(limit))
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "path", "error")},
+        return [{**{k: row[k] for k in ("id", "since", "until", "status", "started_at", "schedule", "path", "error")},
                  "document": json.loads(row["results"]) if row["results"] else None} for row in rows]
 
-    def newest_window_end(self) -> pd.Timestamp | None:
-        """The latest window end of the runs that finished with results (one that could not be
-        finished judged nothing, and must not hide the windows of later runs)."""
+    def count_runs(self) -> int:
+        """How many runs finished."""
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(audit_runs.c.until)).where(
-                audit_runs.c.finished_at.is_not(None), audit_runs.c.results.is_not(None))).scalar()
+            return conn.execute(select(func.count()).select_from(audit_runs)
+                                .where(audit_runs.c.finished_at.is_not(None))).scalar_one()
+
+    def newest_window_end(self, schedule: str | None = ANY) -> pd.Timestamp | None:
+        """The latest window end of the runs that finished with results (of the job `schedule`,
+        None for the ad-hoc ones, when given). A run that could not be finished judged nothing,
+        and must not hide the windows of later runs."""
+        with self.engine.connect() as conn:
+            value = conn.execute(_of_schedule(select(func.max(audit_runs.c.until)).where(
+                audit_runs.c.finished_at.is_not(None), audit_runs.c.results.is_not(None)), schedule)).scalar()
         return None if value is None else pd.Timestamp(value)
 
     def latest_metrics(self) -> pd.DataFrame:
@@ -89,22 +108,24 @@ class HistoryStore:
             df = pd.DataFrame(conn.execute(query).all(), columns=["key", "value", "run_id", "until"])
         return df.drop_duplicates("key", keep="last").reset_index(drop=True)
 
-    def metric_series(self, keys: list[str]) -> pd.DataFrame:
-        """(run_id, until, key, value) of the given keys over every finished run, oldest first."""
-        query = (select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
-                 .join(metrics, metrics.c.run_id == audit_runs.c.id)
-                 .where(metrics.c.key.in_(keys), audit_runs.c.finished_at.is_not(None))
-                 .order_by(audit_runs.c.until, audit_runs.c.id))
+    def metric_series(self, keys: list[str], schedule: str | None = ANY) -> pd.DataFrame:
+        """(run_id, until, key, value) of the given keys over every finished run (of the job
+        `schedule`, None for the ad-hoc ones, when given), oldest first."""
+        query = _of_schedule(select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
+                             .join(metrics, metrics.c.run_id == audit_runs.c.id)
+                             .where(metrics.c.key.in_(keys), audit_runs.c.finished_at.is_not(None)), schedule)
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(query).all(), columns=["run_id", "until", "key", "value"])
+            return pd.DataFrame(conn.execute(query.order_by(audit_runs.c.until, audit_runs.c.id)).all(),
+                                columns=["run_id", "until", "key", "value"])
 
     # -- aggregates for the audits: distributions at millions of events, computed in the database
 
 
-    def metric_history(self, keys: list[str], until, limit: int) -> pd.DataFrame:
-        """(run_id, until, key, value) of the latest `limit` finished runs whose window ends
-        before `until` and that recorded any of `keys`, one run per window end (the latest)."""
-        df = self.metric_series(keys)
+    def metric_history(self, keys: list[str], until, limit: int, schedule: str | None = ANY) -> pd.DataFrame:
+        """(run_id, until, key, value) of the latest `limit` finished runs (of `schedule`, when
+        given) whose window ends before `until` and that recorded any of `keys`, one run per
+        window end (the latest)."""
+        df = self.metric_series(keys, schedule)
         df = df[df["until"] < pd.Timestamp(until)]
         if df.empty:
             return df

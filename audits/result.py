@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SEVERITIES = ("info", "warning", "critical")
+from recaudit.audits.vocabulary import SEVERITIES
 
 
 @dataclass

@@ -44,6 +44,7 @@ class Run:
     until: pd.Timestamp
     results: dict[str, AuditResult] = field(default_factory=dict)
     path: Path | None = None
+    schedule: str | None = None  # the scheduled job that ran it; None for an ad-hoc run
 
     @property
     def status(self) -> str:
@@ -55,7 +56,7 @@ class Run:
         return "findings" if "findings" in statuses else "ok"
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "status": self.status,
+        return {"run_id": self.run_id, "status": self.status, "schedule": self.schedule,
                 "window": {"since": self.since.isoformat(), "until": self.until.isoformat()},
                 "audits": {name: r.to_dict() for name, r in self.results.items()}}
 
@@ -87,16 +88,17 @@ def default_window(store: Store, length: str, since=None, until=None) -> tuple[p
 
 
 def run(store: Store, since, until, config: dict, only: list[str] | None = None, out: str | Path = "reports",
-        reference: tuple | None = None) -> Run:
+        reference: tuple | None = None, schedule: str | None = None) -> Run:
     """Run the audits (all registered, or `only`) over [since, until), record and write them.
-    `reference` is the window drift compares with, when not the configured one."""
+    `reference` is the window drift compares with, when not the configured one; `schedule`
+    names the scheduled job running it (None: ad hoc)."""
     names = only or list(registry.AUDITS)
     unknown = [n for n in names if n not in registry.AUDITS]
     if unknown:
         raise ValueError(f"unknown audit {unknown[0]!r} (known: {', '.join(registry.AUDITS)})")
-    run_id = store.start_run(since, until, names)
+    run_id = store.start_run(since, until, names, schedule)
     try:
-        return _run(store, run_id, since, until, config, names, Path(out), reference)
+        return _run(store, run_id, since, until, config, names, Path(out), reference, schedule)
     except BaseException as exc:  # interrupted too: a run is never left "running" by a live process
         try:
             store.abandon_run(run_id, f"{type(exc).__name__}: {exc}")
@@ -106,8 +108,8 @@ def run(store: Store, since, until, config: dict, only: list[str] | None = None,
 
 
 def _run(store: Store, run_id: int, since, until, config: dict, names: list[str], out: Path,
-         reference: tuple | None) -> Run:
-    result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=out / "runs" / str(run_id))
+         reference: tuple | None, schedule: str | None) -> Run:
+    result = Run(run_id, pd.Timestamp(since), pd.Timestamp(until), path=out / "runs" / str(run_id), schedule=schedule)
     result.path.mkdir(parents=True, exist_ok=True)
     ctx = AuditContext(store, result.since, result.until, config, run_id, result.path,
                        tuple(pd.Timestamp(t) for t in reference) if reference else None)

@@ -240,10 +240,14 @@ audit_runs = Table(
     Column("since", UTCTime, nullable=False),  # the window [since, until)
     Column("until", UTCTime, nullable=False),
     Column("audits", Text, nullable=False),  # the audits asked for, comma-separated
+    Column("schedule", String(32)),  # the scheduled job that ran it; NULL for an ad-hoc run
     Column("status", String(16), nullable=False),  # running, ok, findings, critical, errored
     Column("path", Text),  # where results.json and the page were written
     Column("results", Text),  # the run's results.json, so that pages can be rendered again from here
     Column("error", Text),  # why an errored run could not be finished
+    # The dashboard's newest runs, and a job's last run, without sorting every row (documents
+    # included): 0.17 s to 0.007 s at 10,000 runs.
+    Index("audit_runs_newest", "until", "id"),
 )
 
 audit_results = Table(
@@ -285,8 +289,8 @@ alerts = Table(
     "alerts", metadata,
     Column("id", String(32), primary_key=True),  # also the idempotency key receivers see
     Column("created_at", UTCTime, nullable=False),
-    Column("run_id", Integer, nullable=False),
-    Column("condition", Text, nullable=False),  # the rule name, or the finding's fingerprint
+    Column("run_id", Integer),  # the run that judged it; NULL for a freshness alert
+    Column("condition", Text, nullable=False),  # <scope>/<rule name or finding fingerprint or event kind>
     Column("status", String(16), nullable=False),  # firing, resolved
     Column("severity", String(16), nullable=False),
     Column("payload", Text, nullable=False),  # the JSON body every webhook receives
@@ -308,7 +312,7 @@ open_conditions = Table(  # conditions that fired and have not yet resolved: not
     "open_conditions", metadata,
     Column("condition", Text, primary_key=True),
     Column("alert_id", String(32), nullable=False),
-    Column("opened_run_id", Integer, nullable=False),
+    Column("opened_run_id", Integer),  # NULL for a freshness condition, which no run opens
 )
 
 job_runs = Table(  # every scheduled job's run and its outcome

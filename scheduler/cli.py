@@ -16,6 +16,7 @@ from datetime import date
 
 import click
 
+from recaudit.audits.vocabulary import counted
 from recaudit.scheduler.options import config_option, db_option, json_option, out_option, window_options
 
 
@@ -558,7 +559,9 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
     def human(d):
         click.echo(f"run {d['run_id']} over {d['window']['since']} → {d['window']['until']}: {d['status']}")
         for name, a in d["audits"].items():
-            click.echo(f"  {name}: {a['status']}" + (f" ({len(a['findings'])} findings)" if a["findings"] else ""))
+            reason = (a.get("details") or {}).get("reason") if a["status"] == "insufficient_data" else None
+            click.echo(f"  {name}: {a['status']}" + (f" ({reason})" if reason else "")
+                       + (f" ({counted(len(a['findings']), 'finding')})" if a["findings"] else ""))
             for f in a["findings"]:
                 click.echo(f"    [{f['severity']}] {f['message']}")
         click.echo(f"results: {result.path / 'results.json'}\npage: {done.page}\ndashboard: {done.dashboard}")
@@ -575,11 +578,14 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
 @db_option
 @config_option()
 @out_option
-def report(db, config_path, out):
-    """Render every run's page and the dashboard again, from the database.
+@click.option("--all", "full", is_flag=True, help="Render every run's page, not only those missing or stale.")
+def report(db, config_path, out, full):
+    """Render the run pages that are missing or stale, and the dashboard, from the database.
 
-    Writes OUT/index.html (every run, newest first, and the key metrics across runs) and
-    OUT/runs/<run_id>/index.html. The pages work offline, straight from the file system.
+    Writes OUT/index.html (the conditions open now, the key metrics over the last runs, the
+    newest runs), OUT/archive/<n>/index.html (every run) and OUT/runs/<run_id>/index.html for
+    each run whose page is missing or older than the run or the templates (every run's with
+    --all). The pages work offline, straight from the file system.
     """
     from recaudit.reports.html import publish
 
@@ -587,7 +593,7 @@ def report(db, config_path, out):
     store = open_store(db)
     out = out or cfg["audit"]["out"]
     with user_errors(out):
-        path = publish(store, out)
+        path = publish(store, out, cfg, full=full)
     click.echo(f"dashboard: {path}")
 
 
@@ -768,7 +774,8 @@ def demo(out, quick, seed):
     last = summary.runs[-1]
     click.echo(f"\n{summary.lines:,} log lines over {summary.days} days, {len(summary.runs)} audit runs "
                f"in {time.perf_counter() - started:.0f} s.")
-    click.echo(f"Found on the last day (run {last['run_id']}, {last['status']}):")
+    click.echo(f"Found on the last day (run {last['run_id']}): {counted(len(last['findings']), 'finding')}"
+               f"{':' if last['findings'] else ''}")
     for message in last["findings"]:
         click.echo(f"  - {message}")
     click.echo(f"{summary.alerts} alerts delivered to the webhook receiver ({summary.out / 'alerts.jsonl'}), "

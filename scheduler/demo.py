@@ -92,6 +92,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, progress=print) -> 
     from recaudit.audits import config
     from recaudit.audits.ingest import ingest
     from recaudit.audits.store import Store
+    from recaudit.audits.vocabulary import counted
     from recaudit.recsys import recommender as rc
     from recaudit.recsys.simulate import Config, simulate
     from recaudit.scheduler.jobs import audit_and_publish, save_model
@@ -139,8 +140,8 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, progress=print) -> 
             found = [f for a in done.document["audits"].values() for f in a["findings"] if f["severity"] != "info"]
             summary.runs.append({"day": number, "run_id": done.run.run_id, "status": done.document["status"],
                                  "findings": [f"{f['audit']}: {f['message']}" for f in found]})
-            progress(f"day {number}: run {done.run.run_id} {done.document['status']}, {len(found)} findings, "
-                     f"{len(done.alerts)} new alerts")
+            progress(f"day {number}: run {done.run.run_id}: {counted(len(found), 'finding')} (warning or critical), "
+                     f"{counted(len(done.alerts), 'new alert')}")
     finally:
         receiver.close()
         store.close()

@@ -19,21 +19,21 @@ class Published:
 
 
 def audit_and_publish(store, cfg: dict, since, until, names: list[str] | None, out: str | Path,
-                      reference: tuple | None = None) -> Published:
+                      reference: tuple | None = None, schedule: str | None = None) -> Published:
+    """Run the audits, judge their alerts, render the run's page and the dashboard, deliver.
+    `schedule` names the scheduled job running it (None: ad hoc): alerts are judged among the
+    runs of the same schedule, so an ad-hoc run never mutes or resolves a scheduled condition."""
     from recaudit.audits import run as runs
     from recaudit.reports import alerts
     from recaudit.reports.html import render_dashboard, render_run
 
-    result = runs.run(store, since, until, cfg, names, out, reference)
+    result = runs.run(store, since, until, cfg, names, out, reference, schedule)
     document = result.to_dict()
     page = result.path / "index.html"
-    # Alerts before pages, so that a page that fails to render loses no alert; and only for the
-    # newest window: auditing last month again must not resolve or re-fire today's conditions.
-    created = []
-    if store.newest_window_end() <= result.until:
-        created = alerts.evaluate(store, document, cfg["alerts"], alerts.link_for(cfg["alerts"], page, result.run_id))
+    # Alerts before pages, so that a page that fails to render loses no alert.
+    created = alerts.evaluate(store, document, cfg["alerts"], alerts.link_for(cfg["alerts"], page, result.run_id))
     render_run(document, result.path)
-    dashboard = render_dashboard(store, out)
+    dashboard = render_dashboard(store, out, cfg)
     delivery = alerts.deliver(store, cfg["alerts"]) if cfg["alerts"]["webhooks"] else None
     return Published(result, document, page, dashboard, created, delivery)
 

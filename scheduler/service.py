@@ -147,15 +147,23 @@ def run_job(name: str, db: str, config_path: str | None = None) -> str:
 
 def _ingest(store, cfg: dict) -> dict:
     from recaudit.audits.ingest import ingest
+    from recaudit.recsys import detect
 
     paths = cfg["schedule"]["watch"]
     if not paths:
         return {"skipped": "nothing to watch: set schedule.watch"}
-    return ingest(store, paths).totals()
+    # A watched directory that holds nothing yet is a quiet stream, not a fault: `recaudit
+    # ingest DIR` refuses one (a mistyped path), the service waits for files to arrive.
+    present = [p for p in paths if not (detect.kind(p) == "directory" and not detect.directory_files(p))]
+    if not present:
+        return {"skipped": f"nothing new: {', '.join(paths)} holds no users.csv, movies.csv, event log or "
+                           "MovieLens files yet"}
+    return ingest(store, present).totals()
 
 
-def _audit(names: list[str]):
+def _audit(job: str, names: list[str]):
     def work(store, cfg: dict) -> dict:
+        from recaudit.audits import freshness
         from recaudit.audits import run as runs
         from recaudit.scheduler.jobs import audit_and_publish
 
@@ -164,7 +172,15 @@ def _audit(names: list[str]):
             return {"skipped": "no events stored yet"}
         # Complete hours only: events of the current hour are still arriving.
         since, until = runs.default_window(store, cfg["audit"]["window"], until=latest.floor("h"))
-        done = audit_and_publish(store, cfg, since, until, names, cfg["audit"]["out"])
+        # The same window again with nothing ingested since: the same answer, not news. Late
+        # events into the window (ingested after the last run started) are news, and audited.
+        [last] = store.runs(limit=1, schedule=job) or [None]
+        if last is not None and pd.Timestamp(last["until"]) == until:
+            arrived = freshness.arrivals(store)["last_ingest"].max()
+            if pd.isna(arrived) or arrived < pd.Timestamp(last["started_at"]):
+                return {"skipped": f"no new data: nothing ingested since run {last['id']} audited the window ending "
+                                   f"{until.isoformat()}", "run_id": last["id"]}
+        done = audit_and_publish(store, cfg, since, until, names, cfg["audit"]["out"], schedule=job)
         return {"run_id": done.run.run_id, "status": done.document["status"], "alerts": len(done.alerts)}
     return work
 
@@ -188,17 +204,20 @@ def _retrain(store, cfg: dict) -> dict:
 def _report(store, cfg: dict) -> dict:
     from recaudit.reports.html import publish
 
-    return {"dashboard": str(publish(store, cfg["audit"]["out"]))}
+    return {"dashboard": str(publish(store, cfg["audit"]["out"], cfg))}
 
 
 def _alerts(store, cfg: dict) -> dict:
     from recaudit.reports import alerts
 
-    return alerts.deliver(store, cfg["alerts"])
+    # Silence is judged by the clock, so by this job, which runs whatever else is due or failing.
+    opened = alerts.check_freshness(store, cfg)
+    return {**alerts.deliver(store, cfg["alerts"]), "freshness_alerts": len(opened)}
 
 
-WORK = {"ingest": _ingest, "validation": _audit(["validation"]), "drift": _audit(["drift"]),
-        "fairness": _audit(["fairness"]), "feedback": _audit(["feedback", "online", "exposure"]), "retrain": _retrain,
+WORK = {"ingest": _ingest, "validation": _audit("validation", ["validation"]), "drift": _audit("drift", ["drift"]),
+        "fairness": _audit("fairness", ["fairness"]),
+        "feedback": _audit("feedback", ["feedback", "online", "exposure"]), "retrain": _retrain,
         "report": _report, "alerts": _alerts}
 
 

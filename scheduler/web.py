@@ -1,7 +1,12 @@
 """The service's HTTP face: Prometheus metrics, a health check, and the published reports.
 
-    GET /metrics   the latest value of every metric key, as labelled gauges, job run counters,
-                   whether the database answers, and whether this process runs the jobs
+    GET /metrics   by Prometheus's conventions (recaudit.scheduler.prometheus): the latest value
+                   of every metric key in the family of its measure, labelled by dimension and
+                   group (or signal, dataset), in base units; when each audit's window ended;
+                   finished job runs (a counter), running ones (a gauge), each job's last
+                   success and a histogram of durations; the alert outbox's backlog and the open
+                   conditions; each event kind's last event and last ingest; whether the
+                   database answers, and whether this process runs the jobs
     GET /healthz   {"status": "ok", "role": "active" or "standby", "jobs": {name: next run time}, …};
                    503 {"status": "unavailable", "reason": …} while the database does not answer
     GET /          the reports directory (the dashboard, index.html, and each run's page)
@@ -12,41 +17,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
-
-def exposition(latest: pd.DataFrame, outcomes: pd.DataFrame, database_up: bool, active: bool) -> bytes:
-    """The Prometheus text exposition of the latest metric values (Store.latest_metrics), the job
-    run counts (Store.job_outcomes), and the service's own state."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    class Latest:
-        def collect(self):
-            values = GaugeMetricFamily("recaudit_metric", "Latest value of each recaudit metric key "
-                                       "(<audit>.<metric>[.<dimension>.<group>])",
-                                       labels=["key", "audit"])
-            runs = GaugeMetricFamily("recaudit_metric_run", "Audit run that recorded the latest value of each key",
-                                     labels=["key"])
-            for row in latest.itertuples():
-                if row.value is not None and row.value == row.value:  # NaN: no value to expose
-                    values.add_metric([row.key, row.key.split(".")[0]], float(row.value))
-                    runs.add_metric([row.key], float(row.run_id))
-            yield values
-            yield runs
-            jobs = CounterMetricFamily("recaudit_job_runs", "Scheduled job runs by outcome", labels=["job", "outcome"])
-            for row in outcomes.itertuples():
-                jobs.add_metric([row.job, row.status], float(row.n))
-            yield jobs
-            yield GaugeMetricFamily("recaudit_database_up", "1 when the database answered the last refresh of "
-                                    "these values, 0 when they are the last ones read", value=float(database_up))
-            yield GaugeMetricFamily("recaudit_scheduler_active", "1 when this process holds the lease and runs the "
-                                    "jobs, 0 on a standby", value=float(active))
-
-    registry = CollectorRegistry()
-    registry.register(Latest())
-    return generate_latest(registry)
+from recaudit.scheduler import prometheus
 
 
 class Metrics:
@@ -57,20 +30,19 @@ class Metrics:
     def __init__(self, store):
         self.store = store
         self._lock = threading.Lock()  # one refresh at a time: a late one must not overwrite a newer body
-        self._latest = pd.DataFrame(columns=["key", "value", "run_id", "until"])
-        self._outcomes = pd.DataFrame(columns=["job", "status", "n"])
-        self.body = exposition(self._latest, self._outcomes, database_up=False, active=False)  # nothing read yet
+        self._snapshot = prometheus.Snapshot.empty()
+        self.body = prometheus.exposition(self._snapshot, database_up=False, active=False)  # nothing read yet
 
     def refresh(self, active: bool) -> None:
         """Read the values again. When the database does not answer, keep the last ones, say so,
         and raise the SQLAlchemyError."""
         with self._lock:
             try:
-                self._latest, self._outcomes = self.store.latest_metrics(), self.store.job_outcomes()
+                self._snapshot = prometheus.read(self.store)
             except SQLAlchemyError:
-                self.body = exposition(self._latest, self._outcomes, database_up=False, active=active)
+                self.body = prometheus.exposition(self._snapshot, database_up=False, active=active)
                 raise
-            self.body = exposition(self._latest, self._outcomes, database_up=True, active=active)
+            self.body = prometheus.exposition(self._snapshot, database_up=True, active=active)
 
 
 def app(metrics: Metrics, health, reports: str | Path):

@@ -52,6 +52,20 @@ def run_document(run_id, day, audits):
                        for name, (metrics, fs) in audits.items()}}
 
 
+def stored(store, tmp_path, day, audits, schedule=None):
+    """A run of `audits` recorded as the scheduled job `schedule` (None: an ad-hoc audit) makes it."""
+    doc = {**run_document(None, day, audits), "schedule": schedule}
+    doc["run_id"] = store.start_run(doc["window"]["since"], doc["window"]["until"], list(audits), schedule)
+    store.finish_run(doc["run_id"], doc, tmp_path)
+    return doc
+
+
+def gini_rule(s, for_runs=2):
+    s["findings"] = ""
+    s["rules"] = [{"name": "gini-high", "metric": "feedback.gini", "op": ">", "threshold": 0.8, "for_runs": for_runs}]
+    return s
+
+
 def test_payload_follows_the_schema_and_its_signature_verifies(store, receiver, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "s3cret")
     s = settings(receiver.url)
@@ -136,7 +150,7 @@ def test_an_open_condition_is_sent_once_across_runs_and_its_resolution_once(stor
     alerts.deliver(store, s)
     statuses = [json.loads(q["body"])["status"] for q in receiver.requests]
     assert statuses == ["firing", "resolved"]
-    assert json.loads(receiver.requests[1]["body"])["message"].startswith("resolved: ")
+    assert json.loads(receiver.requests[1]["body"])["message"].startswith("resolved by run 3: ")
     assert alerts.evaluate(store, run_document(4, 4, {"fairness": ({}, [])}), s, "") == []  # same run again: nothing
 
 
@@ -147,18 +161,96 @@ def test_a_run_without_the_audit_does_not_resolve_its_condition(store, monkeypat
 
 
 def test_a_metric_rule_fires_after_its_consecutive_runs(store, receiver, tmp_path):
-    s = settings(receiver.url, secret_env="")
-    s["findings"] = ""
-    s["rules"] = [{"name": "gini-high", "metric": "feedback.gini", "op": ">", "threshold": 0.8, "for_runs": 2}]
+    s = gini_rule(settings(receiver.url, secret_env=""))
     fired = []
     for day, gini in enumerate([0.9, 0.7, 0.85, 0.9, 0.5]):
-        doc = run_document(None, day, {"feedback": ({"feedback.gini": gini}, [])})
-        doc["run_id"] = store.start_run(doc["window"]["since"], doc["window"]["until"], ["feedback"])
-        store.finish_run(doc["run_id"], doc, tmp_path)
-        created = alerts.evaluate(store, doc, s, "")
+        created = alerts.evaluate(store, stored(store, tmp_path, day, {"feedback": ({"feedback.gini": gini}, [])}), s,
+                                  "")
         fired.append(alerts.outbox(store)[0]["status"] if created else None)
     assert fired == [None, None, None, "firing", "resolved"]
     assert "feedback.gini = 0.9 > 0.8 for 2 runs in a row" in alerts.outbox(store)[1]["message"]
+
+
+def test_an_ad_hoc_audit_of_a_later_window_neither_mutes_nor_resolves_a_scheduled_condition(store, tmp_path):
+    s = gini_rule(settings("http://127.0.0.1:9/hook"))
+
+    def gini(day, value, schedule):
+        doc = stored(store, tmp_path, day, {"feedback": ({"feedback.gini": value}, [])}, schedule)
+        return alerts.evaluate(store, doc, s, "")
+
+    assert gini(0, 0.947, "feedback") == []
+    assert gini(9, 0.3, None) == []  # `recaudit audit` over a window ending later than the schedule's
+    assert len(gini(1, 0.947, "feedback")) == 1  # fires: the ad-hoc window judges only ad-hoc runs
+    assert gini(10, 0.3, None) == [] and gini(11, 0.3, None) == []  # nor does it resolve the scheduled one
+    [now] = alerts.open_now(store)
+    assert now["condition"] == "schedule:feedback/rule:gini-high" and now["latest"] == {"feedback.gini": 0.947}
+    assert gini(0, 0.947, "feedback") == []  # an older window of the schedule judges nothing
+    [resolved] = gini(2, 0.41234, "feedback")
+    message = next(a["message"] for a in alerts.outbox(store) if a["alert_id"] == resolved)
+    assert message.startswith(f"resolved by run {now['run_id'] + 4}: feedback.gini = 0.4123 now, 0.947 when it "
+                              f"opened (run {now['run_id']}): gini-high: ")
+    assert alerts.open_now(store) == []
+
+
+def test_ad_hoc_runs_judge_their_own_conditions_among_themselves(store, tmp_path):
+    s = gini_rule(settings("http://127.0.0.1:9/hook"))
+    for day, schedule in ((0, None), (1, "feedback")):
+        alerts.evaluate(store, stored(store, tmp_path, day, {"feedback": ({"feedback.gini": 0.9}, [])}, schedule), s,
+                        "")
+    assert alerts.open_now(store) == []  # one run in a row in each scope, though two in the store
+    alerts.evaluate(store, stored(store, tmp_path, 2, {"feedback": ({"feedback.gini": 0.9}, [])}), s, "")
+    assert [c["condition"] for c in alerts.open_now(store)] == ["adhoc/rule:gini-high"]
+
+
+def test_a_webhook_added_later_hears_once_of_the_conditions_open_now(store, receiver):
+    before = configuration.load()["alerts"]  # no webhook configured yet
+    alerts.evaluate(store, run_document(1, 0, {"fairness": ({}, [finding()])}), before, "")
+    s = settings(receiver.url, secret_env="")
+    assert alerts.deliver(store, s)["delivered"] == 1
+    assert alerts.deliver(store, s)["delivered"] == 0
+    alerts.evaluate(store, run_document(2, 1, {"fairness": ({}, [])}), s, "")
+    alerts.deliver(store, s)
+    assert [json.loads(q["body"])["status"] for q in receiver.requests] == ["firing", "resolved"]
+    assert len({json.loads(q["body"])["condition"] for q in receiver.requests}) == 1
+
+
+def test_silent_data_is_a_critical_condition_that_resolves_when_events_arrive(tmp_path, receiver):
+    simulate(tmp_path / "a", Config(users=100, movies=40, days=1, seed=1))
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    ingest(store, [str(tmp_path / "a")])
+    cfg = configuration.load()
+    cfg["alerts"] = settings(receiver.url, secret_env="")
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    assert alerts.check_freshness(store, cfg, now=now) == []  # it just arrived
+    later = now + pd.Timedelta(minutes=75)
+    assert len(alerts.check_freshness(store, cfg, now=later)) == 3  # watch, rate and recommend
+    assert alerts.check_freshness(store, cfg, now=later + pd.Timedelta(minutes=1)) == []  # open: sent once
+    silent = alerts.open_now(store)
+    assert {c["condition"] for c in silent} == {"freshness/watch", "freshness/rate", "freshness/recommend"}
+    assert all(c["severity"] == "critical" and c["run_id"] is None for c in silent)
+    watch = next(c for c in silent if c["condition"] == "freshness/watch")
+    assert watch["message"].startswith("no watch events for 1 h 15 min (last stored ")
+    assert watch["message"].endswith("audit.max_silence 1h)")
+    simulate(tmp_path / "b", Config(users=100, movies=40, days=1, seed=2))
+    ingest(store, [str(tmp_path / "b")])
+    assert len(alerts.check_freshness(store, cfg)) == 3 and alerts.open_now(store) == []
+    assert alerts.deliver(store, cfg["alerts"])["delivered"] == 6
+    bodies = [json.loads(q["body"]) for q in receiver.requests]
+    assert sorted(b["status"] for b in bodies) == ["firing"] * 3 + ["resolved"] * 3
+    resolved = next(b for b in bodies if b["status"] == "resolved" and b["condition"] == "freshness/watch")
+    assert "freshness.silence_seconds.watch = " in resolved["message"]
+    assert ", 4500 when it opened: no watch events" in resolved["message"]
+    store.close()
+
+
+def test_the_freshness_check_is_off_when_max_silence_is_empty(tmp_path):
+    simulate(tmp_path / "a", Config(users=50, movies=20, days=1, seed=1))
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    ingest(store, [str(tmp_path / "a")])
+    cfg = configuration.load()
+    cfg["audit"]["max_silence"] = ""
+    assert alerts.check_freshness(store, cfg, now=pd.Timestamp("2100-01-01")) == []
+    store.close()
 
 
 def test_slack_webhooks_get_a_text_payload(store, receiver):
@@ -168,6 +260,11 @@ def test_slack_webhooks_get_a_text_payload(store, receiver):
     text = json.loads(receiver.requests[0]["body"])["text"]
     assert text.startswith("[FIRING] warning: fairness.rmse_gap.sex is too large") and "file:///x" in text
     assert alerts.SIGNATURE_HEADER not in receiver.requests[0]["headers"]
+
+
+def test_the_slack_test_message_names_no_run_it_does_not_have():
+    text = json.loads(alerts.body_for(alerts.test_payload(), "slack"))["text"]
+    assert text == "[TEST] info: a test alert from recaudit: this webhook is reachable and verifies the signature"
 
 
 def test_a_missing_secret_keeps_the_alert_pending_with_the_reason(store, receiver, monkeypatch):

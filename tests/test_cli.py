@@ -288,3 +288,15 @@ def test_train_compare_shows_all_and_warm_users_side_by_side_and_says_how_many_a
     for row in result["algorithms"]:
         assert {"warm_rmse", "warm_mae", "warm_hit_rate@20", "warm_ndcg@20", "warm_ranked_users"} <= set(row)
         assert row["ranked_users"] == result["ranked_users"] and row["warm_ranked_users"] == result["warm_ranked_users"]
+
+
+def test_audit_prints_the_reason_an_audit_had_too_little_data(recaudit_bin, tmp_path):
+    from recaudit.recsys.simulate import Config, simulate
+
+    simulate(tmp_path / "data", Config(users=100, movies=40, days=1, seed=3))
+    db = str(tmp_path / "a.db")
+    assert run_cli(recaudit_bin, "ingest", "--db", db, str(tmp_path / "data")).returncode == 0
+    done = run_cli(recaudit_bin, "audit", "--db", db, "--only", "feedback", "--since", "2030-01-01",
+                   "--until", "2030-01-02", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "  feedback: insufficient_data (no recommendations in the window)" in done.stdout.decode().splitlines()

@@ -4,6 +4,7 @@ read the right aggregates; and over many seeds the drift fault is found while an
 service stays quiet."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -523,3 +524,17 @@ def test_drift_on_frames_writes_evidently_s_report_only_into_an_out_dir(parsed_w
     result = drift.drift(reference, current, out_dir=tmp_path)
     assert result.details["artifacts"] == {"html": "drift.html", "json": "drift.json"}
     assert json.loads((tmp_path / "drift.json").read_text())["metrics"]
+
+
+def test_a_change_of_spread_with_the_same_mean_is_told_with_the_digits_that_differ():
+    """Scores whose means agree to three digits while their spread doubles: the words give the
+    digits that tell the means apart and the standard deviations, never "from 3.89 to 3.89"."""
+    signal, config = drift.SIGNALS["predicted_score"], cfg()
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 0.3, 2000)
+    cur = rng.normal(0, 0.6, 2000)
+    ref, cur = 3.89 + ref - ref.mean(), 3.8912 + cur - cur.mean()
+    column = lambda v: drift.Column(pd.Series(v), np.arange(len(v)), len(v))  # noqa: E731
+    words = drift.describe_change(signal, column(ref), column(cur), config)
+    assert words.startswith("the mean predicted rating of recommended movies went from 3.89 to 3.891 (")
+    assert re.search(r"standard deviation 0\.3\d* to 0\.(59|6)\d*", words), words

@@ -5,6 +5,7 @@ newer recaudit is refused."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -144,6 +145,8 @@ def test_the_scheduler_s_jobs_stored_by_an_earlier_version_call_the_packaged_ser
         conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
         for table in ("user_attributes", "movie_attributes", "predictions"):  # added by 0003
             conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(text("DROP INDEX audit_runs_newest"))  # added by 0004, with the column
+        conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
     engine.dispose()
     st.Store(db_url).close()
     scheduler = service.build(url, None, configuration.load())
@@ -165,3 +168,33 @@ def test_a_database_holding_someone_else_s_tables_of_the_same_names_is_refused_a
         assert list(conn.execute(text("SELECT * FROM users")).keys()) == ["user_id", "email"]
         assert inspect(conn).get_table_names() == ["users"]
     engine.dispose()
+
+
+def test_runs_and_open_conditions_of_an_earlier_version_are_given_the_schedule_that_made_them(db_url):
+    """0004: a condition a scheduled job opened goes on being judged by that job's runs, and one an
+    ad-hoc audit opened by ad-hoc runs, after the upgrade as before it."""
+    store = st.Store(db_url)
+    result = {"status": "findings", "error": None, "seconds": 0.1, "metrics": {}, "findings": []}
+    document = {"status": "findings", "audits": {"fairness": result}}
+    for run_id in (1, 2):
+        assert store.start_run("2024-01-01", "2024-01-02", ["fairness"]) == run_id
+        store.finish_run(run_id, document, None)
+    for job, detail in (("fairness", {"run_id": 1, "status": "findings", "alerts": 1}), ("ingest", {"watch": 5})):
+        store.finish_job(store.start_job(job), "ok", json.dumps(detail))
+    with store.transaction() as conn:
+        conn.execute(st.open_conditions.insert(), [{"condition": "finding:abc", "alert_id": "a1", "opened_run_id": 1},
+                                                   {"condition": "rule:gini-high", "alert_id": "a2",
+                                                    "opened_run_id": 2}])
+        # As 0003 left them: no schedule recorded.
+        conn.execute(text("DROP INDEX audit_runs_newest"))
+        conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    store.close()
+    store = st.Store(db_url)
+    try:
+        assert {r["id"]: r["schedule"] for r in store.runs()} == {1: "fairness", 2: None}
+        with store.engine.connect() as conn:
+            keys = sorted(conn.execute(select(st.open_conditions.c.condition)).scalars())
+        assert keys == ["adhoc/rule:gini-high", "schedule:fairness/finding:abc"]
+    finally:
+        store.close()

@@ -2,6 +2,9 @@
 beyond the files, no console errors, the findings and charts there, readable on a phone, and
 data that looks like HTML shown as text. A screenshot of each page is kept as a test artifact."""
 
+import json
+import os
+import re
 import threading
 
 import pandas as pd
@@ -110,7 +113,7 @@ def test_a_page_read_while_the_pages_are_rendered_again_is_never_empty_or_cut_sh
     reader.start()
     try:
         for _ in range(RENDERS):
-            publish(store, out)
+            publish(store, out, full=True)  # every page, not only the stale ones
     finally:
         rendering.clear()
         reader.join()
@@ -132,3 +135,220 @@ def test_an_audit_s_tables_come_in_the_order_of_its_dimensions_not_alphabeticall
     page = recaudit.fairness(ratings, dimensions=["sex", "region", "age_group"],
                              config={"fairness": {"resamples": 20}})._repr_html_()
     assert page.index("By sex") < page.index("By region") < page.index("By age_group")
+
+
+# -- the dashboard's state now, its bounds, and publishing what changed ----------------------------
+
+def doc(run_id: int, until: str, drift_share: float = 0.0, schedule: str | None = None) -> dict:
+    """A run's results.json as `Run.to_dict` writes it, with one drift audit: critical dataset
+    drift when `drift_share` reaches 0.25."""
+    from recaudit.audits.result import AuditResult, Finding
+
+    findings = [Finding("drift", "drift.share_drifted", "critical", f"dataset drift: {drift_share:.0%} of the signals",
+                        value=drift_share, threshold=0.25, kind="dataset_drift")] if drift_share >= 0.25 else []
+    result = AuditResult("drift", metrics={"drift.share_drifted": drift_share},
+                         findings=findings)
+    return {"run_id": run_id, "status": "critical" if findings else "ok", "schedule": schedule,
+            "window": {"since": (pd.Timestamp(until) - pd.Timedelta(days=1)).isoformat(),
+                       "until": pd.Timestamp(until).isoformat()},
+            "audits": {"drift": result.to_dict()}}
+
+
+def record(store, cfg, out, until: str, drift_share: float = 0.0, schedule: str | None = None) -> dict:
+    """A run recorded as `audit_and_publish` records one: started, finished, judged for alerts."""
+    from recaudit.reports import alerts
+
+    since = pd.Timestamp(until) - pd.Timedelta(days=1)
+    run_id = store.start_run(since, until, ["drift"], schedule)
+    document = doc(run_id, until, drift_share, schedule)
+    store.finish_run(run_id, document, out / "runs" / str(run_id))
+    alerts.evaluate(store, document, cfg["alerts"], f"runs/{run_id}/index.html")
+    return document
+
+
+@pytest.fixture
+def history(tmp_path):
+    """A store whose daily job found a critical dataset drift in run 3, after which the hourly
+    job wrote newer runs that are all ok."""
+    from recaudit.audits import config
+    from recaudit.audits.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    cfg = config.load()
+    out = tmp_path / "site"
+    for day in ("2024-01-02", "2024-01-03"):
+        record(store, cfg, out, day, 0.1, "daily")
+    record(store, cfg, out, "2024-01-04", 0.5, "daily")
+    for hour in range(1, 6):
+        record(store, cfg, out, f"2024-01-04T{hour:02d}:00", 0.0, "hourly")
+    yield store, cfg, out
+    store.close()
+
+
+def test_the_dashboard_s_headline_is_the_worst_open_condition_even_when_the_newest_run_is_ok(history):
+    from recaudit.reports.html import render_dashboard
+
+    store, cfg, out = history
+    assert store.runs(limit=1)[0]["status"] == "ok"
+    html = render_dashboard(store, out, cfg).read_text()
+    headline = html.split('class="headline"')[1].split("</p>")[0]
+    assert "critical" in headline and "dataset drift: 50% of the signals" in headline and "run 3" in headline
+    now = html.split('id="now"')[1].split("</section>")[0]
+    assert 'href="runs/3/index.html"' in now and "daily" in now  # the run that opened it, and its job
+    assert "drift.share_drifted" in now and "share of drift signals that drifted" in now
+    assert html.index('id="now"') < html.index('id="trends"') < html.index('id="runs"')
+
+
+def test_the_dashboard_shows_the_newest_runs_and_links_every_other_from_an_archive(history, monkeypatch):
+    from recaudit.reports import html as pages
+
+    store, cfg, out = history
+    monkeypatch.setattr(pages, "RUNS_SHOWN", 3)
+    monkeypatch.setattr(pages, "ARCHIVE_SIZE", 5)
+    dashboard = pages.render_dashboard(store, out, cfg).read_text()
+    listed = dashboard.split('id="runs"')[1]
+    assert re.findall(r'href="runs/(\d+)/index.html"', listed) == ["8", "7", "6"]
+    assert "The newest 3 of 8 runs" in listed
+    archive = re.findall(r'href="(archive/\d+/index.html)">(\d+)–(\d+)<', listed)
+    assert archive == [("archive/2/index.html", "6", "8"), ("archive/1/index.html", "1", "5")]
+    first = (out / "archive" / "1" / "index.html").read_text()
+    assert sorted(re.findall(r'href="../../runs/(\d+)/index.html"', first)) == ["1", "2", "3", "4", "5"]
+
+
+def test_trends_read_only_the_last_points_and_draw_the_known_thresholds(history, monkeypatch):
+    from recaudit.reports import html as pages
+
+    store, cfg, out = history
+    cfg["alerts"]["rules"] = [{"name": "drifting", "metric": "drift.share_drifted", "op": ">=", "threshold": 0.4}]
+    monkeypatch.setattr(pages, "TREND_POINTS", 4)
+    rows = pages.recent_series(store, ["drift.share_drifted"], 4)
+    assert [run_id for run_id, *_ in rows] == [5, 6, 7, 8]
+    html = pages.render_dashboard(store, out, cfg).read_text()
+    drift = html.split("Drift: share of signals drifted</figcaption>")[1].split("</figure>")[0]
+    assert drift.count('class="threshold"') == 2  # the rule's and the audit's own (documented by run 3)
+    assert "rule drifting 0.4" in drift and "drift threshold 0.25" in drift
+    assert drift.count("<circle") == 4
+
+
+def test_publish_renders_only_the_pages_that_are_missing_or_stale_unless_asked_for_all(history):
+    from recaudit.reports.html import publish
+
+    store, cfg, out = history
+    publish(store, out, cfg)
+    pages = sorted((out / "runs").glob("*/index.html"))
+    assert len(pages) == 8
+    written = {p: p.stat().st_mtime_ns for p in pages}
+    (out / "runs" / "2" / "index.html").unlink()
+    publish(store, out, cfg)
+    again = {p: p.stat().st_mtime_ns for p in pages}
+    assert [p.parent.name for p in pages if again[p] != written[p]] == ["2"]
+    later = record(store, cfg, out, "2024-01-05", 0.0, "daily")
+    publish(store, out, cfg)
+    assert (out / "runs" / str(later["run_id"]) / "index.html").exists()
+    assert all(p.stat().st_mtime_ns == again[p] for p in pages)
+    publish(store, out, cfg, full=True)
+    assert all(p.stat().st_mtime_ns != again[p] for p in pages)
+
+
+def test_a_run_page_is_stale_when_older_than_the_templates(history):
+    from recaudit.reports import html as pages
+
+    store, cfg, out = history
+    pages.publish(store, out, cfg)
+    page = out / "runs" / "4" / "index.html"
+    old = pages.renderer_mtime() - 60
+    os.utime(page, (old, old))
+    pages.publish(store, out, cfg)
+    assert page.stat().st_mtime > old + 30
+
+
+def realistic() -> dict:
+    """A run document of the real audits' results for fairness (three dimensions, sex last in
+    the configuration), feedback-like metrics, and a validation that passed."""
+    import numpy as np
+
+    import recaudit
+    from recaudit.audits.result import AuditResult
+
+    rng = np.random.default_rng(1)
+    user = np.repeat(np.arange(90), 4)
+    ratings = pd.DataFrame({"user_id": user, "rating": rng.integers(1, 6, user.size).astype(float),
+                            "prediction": 3.0, "sex": np.where(user < 45, "F", "M"),
+                            "age": np.where(user % 2, "teen", "senior"), "region": np.where(user < 30, "n", "s")})
+    fairness = recaudit.fairness(ratings, dimensions=["region", "age", "sex"], config={"fairness": {"resamples": 20}})
+    validation = AuditResult("validation", metrics={"validation.failed": 0.0}, details={"expectations": [
+        {"dataset": "ratings", "name": f"check_{i}", "severity": "critical", "success": True, "message": "",
+         "unexpected_count": 0, "unexpected_percent": 0.0, "element_count": 10} for i in range(50)]})
+    feedback = AuditResult("feedback", metrics={"feedback.hhi": 0.04375, "feedback.gini": 0.5})
+    audits = {"validation": validation, "online": AuditResult("online", metrics={"online.mrr": 0.2}),
+              "exposure": AuditResult("exposure", metrics={"exposure.mrr": 0.2}),
+              "drift": AuditResult("drift", metrics={"drift.share_drifted": 0.0}), "feedback": feedback,
+              "fairness": fairness}
+    return {"run_id": 1, "status": "ok", "schedule": None,
+            "window": {"since": "2024-01-03T00:00:00", "until": "2024-01-04T00:00:00"},
+            "audits": {name: json.loads(json.dumps(r.to_dict(), default=str)) for name, r in audits.items()}}
+
+
+def test_a_run_page_reads_findings_then_fairness_feedback_drift_online_exposure_validation(tmp_path):
+    from recaudit.reports.html import render_run
+
+    html = render_run(realistic(), tmp_path).read_text()
+    body = html.split('id="summary"')[1]
+    at = [body.index(f'<section id="{name}">') for name in
+          ("fairness", "feedback", "drift", "online", "exposure", "validation")]
+    assert at == sorted(at)
+    fairness = body.split('<section id="fairness">')[1].split("</section>")[0]
+    assert fairness.index("By sex") < fairness.index("By age") < fairness.index("By region")
+
+
+def test_a_validation_that_passed_is_folded_and_one_that_failed_is_open(tmp_path):
+    from recaudit.reports.html import render_run
+
+    run = realistic()
+    html = render_run(run, tmp_path).read_text()
+    assert re.search(r'<details class="expectations">\s*<summary>50 expectations: all passed</summary>', html)
+    run["audits"]["validation"]["details"]["expectations"][7]["success"] = False
+    html = render_run(run, tmp_path).read_text()
+    assert '<details class="expectations" open>' in html and "1 failed" in html
+    assert html.index("check_7") < html.index("check_0")  # what failed comes first
+
+
+def test_metric_tables_show_each_key_with_its_name_in_words(tmp_path):
+    from recaudit.reports.html import render_run
+
+    html = render_run(realistic(), tmp_path).read_text()
+    assert ('<code>feedback.hhi</code> <span class="name">Herfindahl–Hirschman index of recommendations</span>'
+            in html)
+    assert '<code>fairness.rmse_gap.sex</code> <span class="name">gap in RMSE, worst group against best, by sex' \
+        in html
+
+
+def test_trend_legends_have_a_swatch_per_line_under_the_plot_and_distinct_date_ticks():
+    from recaudit.reports import charts
+
+    days = [f"2024-01-{d:02d}T00:00:00" for d in range(1, 31)]
+    svg = str(charts.trend("t", {"Gini": [0.5] * 30, "top-10 share": [0.2] * 30}, charts.time_labels(days),
+                           thresholds=[("rule high", 0.8)]))
+    swatches = re.findall(r'<rect class="swatch" x="[\d.]+" y="([\d.]+)"[^>]* fill="(#\w+)"', svg)
+    assert [color for _y, color in swatches] == list(charts.PALETTE[:2])
+    assert all(float(y) > charts.HEIGHT - charts.BOTTOM for y, _c in swatches)  # below the plot and its axis
+    assert '<line class="swatch"' in svg and 'class="threshold"' in svg
+    ticks = re.findall(r'<text class="xtick" x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)">([^<]+)<', svg)
+    labels = [label for *_, label in ticks]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels) and all(len(t) == 10 for t in labels)
+    extents = []
+    for x, anchor, label in ticks:
+        width, x = charts.text_width(label), float(x)
+        start = {"start": x, "middle": x - width / 2, "end": x - width}[anchor]
+        extents.append((start, start + width))
+    assert all(a[1] < b[0] for a, b in zip(extents, extents[1:]))  # no two labels touch
+
+
+def test_a_metric_key_s_name_is_composed_from_its_parts():
+    from recaudit.reports.names import metric_name
+
+    assert metric_name("feedback.hhi") == "Herfindahl–Hirschman index of recommendations"
+    assert metric_name("fairness.rmse_gap_p_warm.age") == ("p-value of gap in RMSE, worst group against best on "
+                                                           "warm ratings, by age")
+    assert metric_name("exposure.ratio.genre.Romance") == "exposure-to-watch ratio, genre Romance"
+    assert metric_name("made.up") is None

@@ -6,6 +6,7 @@ no database, and the demo runs end to end with a dashboard a browser can open.""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from recaudit.audits import config as configuration
 from recaudit.audits import registry
 from recaudit.audits.ingest import ingest
 from recaudit.recsys.simulate import Config, simulate
-from recaudit.scheduler import service, web
+from recaudit.scheduler import prometheus, service, web
 from support import free_port, open_page, run_cli
 
 
@@ -111,6 +112,61 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(recaudit_bin, tmp_pa
     assert runs.status.tolist() == ["failed", "ok"] and "no such file" in runs.detail[0]
 
 
+def test_an_empty_watched_directory_is_nothing_new_and_its_files_are_ingested_once_they_arrive(recaudit_bin,
+                                                                                              tmp_path):
+    stream = tmp_path / "stream"
+    stream.mkdir()
+    config_path = write_config(tmp_path, "ingest", watch=[stream])
+    db = str(tmp_path / "e.db")
+    done = run_cli(recaudit_bin, "schedule", "--once", "--db", db, "--config", config_path)
+    assert done.returncode == 0 and done.stdout.decode().split() == ["ingest:", "ok"], done.stderr
+    assert b"Traceback" not in done.stderr
+    from recaudit.audits.store import Store
+
+    store = Store(db)
+    runs = job_runs(store)
+    assert runs.status.tolist() == ["ok"] and "nothing new" in runs.detail[0] and str(stream) in runs.detail[0]
+    simulate(stream, Config(users=100, movies=40, days=1, seed=2))
+    scheduler = service.build(store.url, config_path, configuration.load(config_path))
+    due = pd.Timestamp.now("UTC") - pd.Timedelta(minutes=1)
+    scheduler.get_job("ingest").modify(next_run_time=due.to_pydatetime())
+    service.close(scheduler)
+    again = run_cli(recaudit_bin, "schedule", "--once", "--db", db, "--config", config_path)
+    assert again.stdout.decode().split() == ["ingest:", "ok"] and store.count("watches") > 0
+
+
+def test_a_scheduled_audit_with_nothing_new_since_its_last_run_says_so_and_audits_again_once_data_arrives(
+        store, tmp_path):
+    simulate(tmp_path / "a", Config(users=150, movies=60, days=2, seed=3))
+    ingest(store, [str(tmp_path / "a")])
+    config_path = write_config(tmp_path, "validation")
+    assert [service.run_job("validation", store.url, config_path) for _ in range(2)] == ["ok", "ok"]
+    first, second = (json.loads(d) for d in job_runs(store).detail)
+    assert "run_id" in first and "skipped" not in first
+    assert second["skipped"].startswith(f"no new data: nothing ingested since run {first['run_id']} audited the "
+                                        "window ending ")
+    assert [r["schedule"] for r in store.runs()] == ["validation"]  # the same window is not written again
+    simulate(tmp_path / "b", Config(users=150, movies=60, days=2, seed=4))  # more data arrives
+    ingest(store, [str(tmp_path / "b")])
+    assert service.run_job("validation", store.url, config_path) == "ok"
+    assert "run_id" in json.loads(job_runs(store).detail.iloc[-1]) and len(store.runs()) == 2
+
+
+def test_the_alerts_job_opens_a_freshness_condition_when_data_stops(store, tmp_path):
+    simulate(tmp_path / "a", Config(users=50, movies=20, days=1, seed=3))
+    ingest(store, [str(tmp_path / "a")])
+    config_path = write_config(tmp_path, "alerts")
+    text = open(config_path).read().replace("[audit]\n", '[audit]\nmax_silence = "1s"\n')
+    open(config_path, "w").write(text)
+    time.sleep(1.5)
+    assert service.run_job("alerts", store.url, config_path) == "ok"
+    assert json.loads(job_runs(store).detail.iloc[-1])["freshness_alerts"] == 3
+    from recaudit.reports import alerts
+
+    assert sorted(c["condition"] for c in alerts.open_now(store)) == [
+        "freshness/rate", "freshness/recommend", "freshness/watch"]
+
+
 def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,14 +196,17 @@ def test_the_service_serves_metrics_and_stops_cleanly_on_sigterm(recaudit_bin, t
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
             assert json.load(r)["status"] == "ok"
         families = {f.name: f for f in text_string_to_metric_families(body)}
-        gauges = {s.labels["key"]: s.value for s in families["recaudit_metric"].samples}
-        expected = {k: v for a in last.results.values() for k, v in a.to_dict()["metrics"].items() if v is not None}
-        assert expected and all(gauges[k] == pytest.approx(v) for k, v in expected.items())
+        exposed = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+        expected = {prometheus.series(k): v for a in last.results.values() for k, v in a.to_dict()["metrics"].items()
+                    if v is not None}  # each key in the family of its measure, in its base unit
+        assert expected and all(exposed[x.family, tuple(sorted(x.labels))] == pytest.approx(v * x.scale)
+                                for x, v in expected.items())
         time.sleep(3)  # let the 2-second alerts job run at least once more
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             counters = [s for f in text_string_to_metric_families(r.read().decode()) if f.name == "recaudit_job_runs"
                         for s in f.samples if s.name == "recaudit_job_runs_total"]
         assert any(s.labels == {"job": "alerts", "outcome": "ok"} and s.value >= 1 for s in counters)
+        assert not [s for s in counters if s.labels["outcome"] == "running"]  # a gauge: counters only grow
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as r:
             assert b"recaudit" in r.read()  # the reports, published by the report job
         proc.send_signal(signal.SIGTERM)
@@ -200,7 +259,7 @@ def test_a_sigterm_as_the_jobs_start_still_stops_the_service(recaudit_bin, tmp_p
         stop_all(proc)
 
 
-def test_exposition_skips_empty_values_and_labels_each_key_with_its_audit(store):
+def test_exposition_skips_empty_values_and_puts_each_key_in_the_family_of_its_measure(store):
     from prometheus_client.parser import text_string_to_metric_families
 
     doc = {"run_id": store.start_run("2024-01-01", "2024-01-02", ["fairness"]), "status": "ok",
@@ -208,10 +267,11 @@ def test_exposition_skips_empty_values_and_labels_each_key_with_its_audit(store)
            "audits": {"fairness": {"status": "ok", "metrics": {"fairness.rmse.sex.F": 1.1, "fairness.rmse.sex.X": None},
                                    "findings": [], "details": {}, "error": None, "seconds": 0.1}}}
     store.finish_run(doc["run_id"], doc, "x")
-    body = web.exposition(store.latest_metrics(), store.job_outcomes(), database_up=True, active=True)
+    body = prometheus.exposition(prometheus.read(store), database_up=True, active=True)
     samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
-    gauges = [s for s in samples if s.name == "recaudit_metric"]
-    assert [(s.labels, s.value) for s in gauges] == [({"key": "fairness.rmse.sex.F", "audit": "fairness"}, 1.1)]
+    gauges = [s for s in samples if s.name.startswith("recaudit_fairness_") or s.name == "recaudit_metric"]
+    assert [(s.name, s.labels, s.value) for s in gauges] == [("recaudit_fairness_rmse", {"dimension": "sex",
+                                                                                          "group": "F"}, 1.1)]
 
 
 def test_a_bad_schedule_is_an_input_error(tmp_path):
@@ -261,13 +321,17 @@ def role(port: int) -> str | None:
 
 
 def gauges(port: int) -> dict[str, float]:
-    """Every sample of /metrics by name (and key, for recaudit_metric)."""
+    """Every sample of /metrics by its series as PromQL selects it: name{label="value",…}, the
+    labels sorted (the name alone without labels)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, body = get(port, "/metrics")
     assert status == 200
-    return {s.labels.get("key", s.name): s.value for f in text_string_to_metric_families(body.decode())
-            for s in f.samples if s.name in ("recaudit_metric", "recaudit_database_up", "recaudit_scheduler_active")}
+    return {s.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+            s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+RMSE_F = 'recaudit_fairness_rmse{dimension="sex",group="F"}'  # the key fairness.rmse.sex.F record_audit writes
 
 
 def start_service(recaudit_bin, db: str, config_path: str, port: int, log) -> subprocess.Popen:
@@ -498,14 +562,14 @@ def test_a_database_outage_is_answered_and_survived_without_a_restart(recaudit_b
                          config_path, port, log)
     try:
         wait_for(lambda: role(port) == "active", 120, "the service runs the jobs")
-        assert gauges(port)["fairness.rmse.sex.F"] == 1.25
+        assert gauges(port)[RMSE_F] == 1.25
         wait_for(lambda: "running" in job_runs(store).query("job == 'ingest'").status.tolist(), 120, "the ingest runs")
         proxy.cut()
         down = wait_for(lambda: (h := healthz(port)) and h[0] == 503 and not h[1]["running"] and h,
                         120, "/healthz answers 503 once the ingest has failed")
         assert down[1]["status"] == "unavailable" and down[1]["reason"].startswith("database unreachable: ")
         wait_for(lambda: gauges(port)["recaudit_database_up"] == 0, 30, "/metrics says the database is down")
-        assert gauges(port)["fairness.rmse.sex.F"] == 1.25  # the last value read, still served
+        assert gauges(port)[RMSE_F] == 1.25  # the last value read, still served
         assert job_runs(store).query("job == 'ingest'").status.tolist() == ["running"]  # not recorded yet
         wait_for(lambda: role(port) == "standby", 30, "the lease, not renewed, runs out: the service stands by")
         proxy.restore()
@@ -544,12 +608,12 @@ def test_a_scrape_reads_no_database_and_shows_the_values_of_the_last_refresh(sto
     thread.start()
     try:
         wait_for(lambda: server.started, 30, "the HTTP server listens")
-        assert all(gauges(port)["fairness.rmse.sex.F"] == 1.1 for _ in range(50))
+        assert all(gauges(port)[RMSE_F] == 1.1 for _ in range(50))
         assert statements == []  # fifty scrapes, no query
         record_audit(store, 1.3)
-        assert gauges(port)["fairness.rmse.sex.F"] == 1.1  # as of the last refresh ...
+        assert gauges(port)[RMSE_F] == 1.1  # as of the last refresh ...
         metrics.refresh(active=True)
-        assert gauges(port)["fairness.rmse.sex.F"] == 1.3  # ... which the service makes after every run
+        assert gauges(port)[RMSE_F] == 1.3  # ... which the service makes after every run
         assert gauges(port)["recaudit_database_up"] == 1 and gauges(port)["recaudit_scheduler_active"] == 1
     finally:
         server.should_exit = True
@@ -562,6 +626,11 @@ def test_the_quick_demo_runs_end_to_end_and_its_dashboard_opens(recaudit_bin, ch
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     text = done.stdout.decode()
     assert "Dashboard:" in text and "feedback loop suspected" in text
+    # Counts read as words: "1 finding", never "findings, 1 findings".
+    found = re.search(r"Found on the last day \(run \d+\): (\d+) findings?:", text)
+    assert found and int(found.group(1)) == sum(line.startswith("  - ") for line in text.splitlines())
+    progress = done.stderr.decode()
+    assert " 1 findings" not in progress and " 1 new alerts" not in progress and "findings, " not in progress
     statuses = [(name, a["status"]) for page in (out / "reports" / "runs").glob("*/results.json")
                 for name, a in json.loads(page.read_text())["audits"].items()]
     assert len(statuses) == 5 * len(registry.AUDITS) and not [s for s in statuses if s[1] == "errored"], statuses

@@ -167,12 +167,6 @@ class HistoryStore:
             conn.execute(job_runs.update().where(job_runs.c.id.in_(run_ids), job_runs.c.status == "running")
                          .values(finished_at=utc_now(), status="interrupted", detail=detail))
 
-    def job_outcomes(self) -> pd.DataFrame:
-        """(job, status, n): how many runs of each job ended each way."""
-        query = select(job_runs.c.job, job_runs.c.status, func.count()).group_by(job_runs.c.job, job_runs.c.status)
-        with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(query).all(), columns=["job", "status", "n"])
-
     def take_lease(self, name: str, holder: str, seconds: float) -> str:
         """Take the lease `name` for `seconds`, or renew it, if it is free, expired or already
         `holder`'s: one conditional UPDATE in a transaction, so that of processes racing for it

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import CreateTable
@@ -108,15 +108,20 @@ class HistoryStore:
             df = pd.DataFrame(conn.execute(query).all(), columns=["key", "value", "run_id", "until"])
         return df.drop_duplicates("key", keep="last").reset_index(drop=True)
 
-    def metric_series(self, keys: list[str], schedule: str | None = ANY) -> pd.DataFrame:
+    def metric_series(self, keys: list[str], schedule: str | None = ANY, newest: int | None = None) -> pd.DataFrame:
         """(run_id, until, key, value) of the given keys over every finished run (of the job
-        `schedule`, None for the ad-hoc ones, when given), oldest first."""
-        query = _of_schedule(select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
-                             .join(metrics, metrics.c.run_id == audit_runs.c.id)
-                             .where(metrics.c.key.in_(keys), audit_runs.c.finished_at.is_not(None)), schedule)
+        `schedule`, None for the ad-hoc ones, when given; the `newest` runs that recorded any of
+        the keys, when given, so that a chart reads the same at 10,000 runs as at 10), oldest first."""
+        runs = _of_schedule(select(audit_runs.c.id).where(audit_runs.c.finished_at.is_not(None)), schedule)
+        if newest is not None:
+            recorded = exists().where(metrics.c.run_id == audit_runs.c.id, metrics.c.key.in_(keys))
+            runs = runs.where(recorded).order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()).limit(newest)
+        query = (select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
+                 .join(metrics, metrics.c.run_id == audit_runs.c.id)
+                 .where(metrics.c.key.in_(keys), audit_runs.c.id.in_(runs.scalar_subquery()))
+                 .order_by(audit_runs.c.until, audit_runs.c.id))
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(query.order_by(audit_runs.c.until, audit_runs.c.id)).all(),
-                                columns=["run_id", "until", "key", "value"])
+            return pd.DataFrame(conn.execute(query).all(), columns=["run_id", "until", "key", "value"])
 
     # -- aggregates for the audits: distributions at millions of events, computed in the database
 

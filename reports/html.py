@@ -220,14 +220,14 @@ def _run_row(r: dict) -> dict:
 
 def _trends(store, documents: list[dict], config: dict) -> list[tuple[str, Markup]]:
     keys = [key for lines in TRENDS.values() for key in lines.values()]
-    rows = recent_series(store, keys, TREND_POINTS)
+    rows = list(store.metric_series(keys, newest=TREND_POINTS).itertuples(index=False))
     order = list(dict.fromkeys((run_id, until) for run_id, until, _k, _v in rows))
     if not order:
         return []
     at = {run_id: i for i, (run_id, _until) in enumerate(order)}
     values: dict[str, list] = {key: [None] * len(order) for key in keys}
     for run_id, _until, key, value in rows:
-        values[key][at[run_id]] = value
+        values[key][at[run_id]] = None if value != value else value  # NaN: the run stored no value (NULL)
     labels = charts.time_labels([until for _run_id, until in order])
     figures = []
     for title, lines in TRENDS.items():
@@ -236,24 +236,6 @@ def _trends(store, documents: list[dict], config: dict) -> list[tuple[str, Marku
         if chart:
             figures.append((title, chart))
     return figures
-
-
-def recent_series(store, keys: list[str], points: int) -> list[tuple]:
-    """(run_id, until, key, value) of `keys` over the newest `points` finished runs that recorded
-    any of them, oldest first. `store.metric_series` reads every run; this reads `points`."""
-    from sqlalchemy import exists, select
-
-    from recaudit.audits.store import audit_runs, metrics
-
-    recorded = exists().where(metrics.c.run_id == audit_runs.c.id, metrics.c.key.in_(keys))
-    newest = (select(audit_runs.c.id).where(audit_runs.c.finished_at.is_not(None), recorded)
-              .order_by(audit_runs.c.until.desc(), audit_runs.c.id.desc()).limit(points))
-    query = (select(audit_runs.c.id, audit_runs.c.until, metrics.c.key, metrics.c.value)
-             .join(metrics, metrics.c.run_id == audit_runs.c.id)
-             .where(audit_runs.c.id.in_(newest.scalar_subquery()), metrics.c.key.in_(keys))
-             .order_by(audit_runs.c.until, audit_runs.c.id))
-    with store.engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(query).all()]
 
 
 def thresholds(key: str, documents: list[dict], config: dict) -> list[tuple[str, float]]:

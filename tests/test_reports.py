@@ -221,8 +221,8 @@ def test_trends_read_only_the_last_points_and_draw_the_known_thresholds(history,
     store, cfg, out = history
     cfg["alerts"]["rules"] = [{"name": "drifting", "metric": "drift.share_drifted", "op": ">=", "threshold": 0.4}]
     monkeypatch.setattr(pages, "TREND_POINTS", 4)
-    rows = pages.recent_series(store, ["drift.share_drifted"], 4)
-    assert [run_id for run_id, *_ in rows] == [5, 6, 7, 8]
+    rows = store.metric_series(["drift.share_drifted"], newest=4)
+    assert rows["run_id"].tolist() == [5, 6, 7, 8]
     html = pages.render_dashboard(store, out, cfg).read_text()
     drift = html.split("Drift: share of signals drifted</figcaption>")[1].split("</figure>")[0]
     assert drift.count('class="threshold"') == 2  # the rule's and the audit's own (documented by run 3)

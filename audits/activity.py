@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sqlalchemy import BigInteger, Date, cast, func, literal_column, select, type_coerce
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from recaudit.audits.store import (
     SPAN_SECONDS,
@@ -50,7 +52,7 @@ def watch_sessions(store, since, until) -> pd.DataFrame:
             hour >= hours[0], hour < hours[1])
     else:
         user, movie = watches.c.user_id, watches.c.movie_key
-        day = day_of(watches.c.time, store.dialect).label("day")
+        day = day_of(watches.c.time).label("day")
         query = select(user, day, movie, func.count().label("minutes")).where(*between(watches.c.time, since, until))
     df = store.frame(query.group_by(user, day, movie).order_by(user, day, movie), fixed=True)
     return store.with_movie_ids(df.astype({"day": np.int64, "minutes": np.int64}))
@@ -97,13 +99,33 @@ def items_of_requests():
                                      & (recommendations.c.line == recommendation_items.c.line))
 
 
-def day_of(time, dialect: str):
+class day_of(FunctionElement):
     """The day since 1970-01-01 of a stored time, so that per-day aggregates do not depend on the
-    window's length: SQLite stores microseconds, PostgreSQL a timestamp."""
-    if dialect == "sqlite":
-        return type_coerce(time, BigInteger) // _DAY_US
-    return cast(func.date_trunc("day", time), Date) - literal_column("DATE '1970-01-01'", Date)
+    window's length. Each engine says it its own way: SQLite stores microseconds, PostgreSQL and
+    DuckDB a timestamp; Spark has no date arithmetic on `-`."""
 
+    type = BigInteger()
+    inherit_cache = True
+    name = "day_of"
+
+
+@compiles(day_of, "sqlite")
+def _day_of_sqlite(element, compiler, **kw):
+    time, = element.clauses
+    return compiler.process(type_coerce(time, BigInteger) // _DAY_US, **kw)
+
+
+@compiles(day_of)
+def _day_of_timestamp(element, compiler, **kw):
+    time, = element.clauses
+    return compiler.process(cast(func.date_trunc("day", time), Date) - literal_column("DATE '1970-01-01'", Date),
+                            **kw)
+
+
+@compiles(day_of, "spark")
+def _day_of_spark(element, compiler, **kw):
+    time, = element.clauses
+    return compiler.process(func.datediff(cast(time, Date), literal_column("DATE '1970-01-01'", Date)), **kw)
 
 
 @dataclass

@@ -293,7 +293,7 @@ class StoreSource(SignalSource):
                              between(ratings.c.time, self.since, self.until), limit, seed)
 
     def ratings_per_user_day(self):
-        day = day_of(ratings.c.time, self.store.dialect).label("day")
+        day = day_of(ratings.c.time).label("day")
         query = (select(ratings.c.user_id, day, func.count().label("n"))
                  .where(*between(ratings.c.time, self.since, self.until)).group_by(ratings.c.user_id, day))
         return self.store.frame(query, fixed=True)
@@ -304,7 +304,7 @@ class StoreSource(SignalSource):
     def _active(self):
         """(user_id, day) of every user active on a day of the window, once per day."""
         def days(table):
-            return select(table.c.user_id, day_of(table.c.time, self.store.dialect).label("day")).where(
+            return select(table.c.user_id, day_of(table.c.time).label("day")).where(
                 *between(table.c.time, self.since, self.until))
 
         hours = whole_hours(self.since, self.until)

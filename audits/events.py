@@ -17,6 +17,7 @@ from sqlalchemy import table as table_named
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from recaudit.audits.lake import CARRIED, LAKE_TABLES, tables_of
 from recaudit.audits.pgcopy import copy_in, copy_out, literal_sql, python_values
 from recaudit.audits.schema import (
     EVENT_TABLES,
@@ -100,14 +101,19 @@ JOINED_ATTRIBUTES = 50  # attributes per statement (SQLite's limit is 64 tables 
 
 
 class EventStore:
-    """Event writes and window reads of a `Store` (which gives `engine` and `dialect`)."""
+    """Event writes and window reads of a `Store` (which gives `engine`, `dialect`, and `lake` and
+    `reader` when its events are in a lake)."""
 
     # -- writing ---------------------------------------------------------------------------
 
     def insert(self, conn: Connection, table: Table, df: pd.DataFrame) -> int:
-        """Append a frame whose columns are (a subset of) the table's, by the fast path."""
+        """Append a frame whose columns are (a subset of) the table's, by the fast path; a lake
+        table's rows go to the lake, in the transaction of `conn`."""
         if df.empty:
             return 0
+        if self.lake is not None and table.name in LAKE_TABLES:
+            return self.lake.write(conn, table, df)
+        df = df.drop(columns=[c for c in CARRIED.get(table.name, ()) if c in df])
         cols = list(df.columns)
         if self.dialect == "postgresql":
             copy_in(conn, table.name, df, [table.c[c].type for c in cols])
@@ -124,6 +130,8 @@ class EventStore:
         INSERT ... SELECT ... ON CONFLICT."""
         if df.empty:
             return 0
+        if self.lake is not None and table.name in LAKE_TABLES:  # a rollup's partial sums
+            return self.lake.write(conn, table, df)
         cols = list(df.columns)
         keys = [key] if isinstance(key, str) else list(key)
         combine = combine or {}
@@ -175,8 +183,11 @@ class EventStore:
         datetime64[ns], integer columns as int64.
 
         Audits build their own selects over the tables of recaudit.audits.schema (with
-        `between` for a window) and read them through here.
+        `between` for a window) and read them through here. A select that reads a lake table runs
+        on the lake's engine.
         """
+        if self.reader is not None and tables_of(statement) & LAKE_TABLES.keys():
+            return self.reader.frame(statement)
         with self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 if fixed:
@@ -288,15 +299,20 @@ class EventStore:
                         .where(*between(q.near_time, since, until)).order_by(q.id))
         return df.astype({"source": object, "line": np.int64, "raw": object, "reason": object})
 
+    def latest_time(self, table: Table) -> pd.Timestamp | None:
+        """The time of the most recent event of an event table (None when it has none)."""
+        df = self.frame(select(func.max(table.c.time).label("time")).having(func.count() > 0))
+        return pd.Timestamp(df["time"].iloc[0]) if len(df) else None
+
     def latest_event_time(self) -> pd.Timestamp | None:
         """The time of the most recent stored event."""
-        with self.engine.connect() as conn:
-            values = [conn.execute(select(func.max(t.c.time))).scalar() for t in EVENT_TABLES.values()]
-        values = [pd.Timestamp(v) for v in values if v is not None]
+        values = [v for v in map(self.latest_time, EVENT_TABLES.values()) if v is not None]
         return max(values) if values else None
 
     def count(self, table: str) -> int:
         """How many rows a table holds."""
+        if self.reader is not None and table in LAKE_TABLES:
+            return int(self.frame(select(func.count().label("n")).select_from(LAKE_TABLES[table]))["n"].iloc[0])
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(table_named(table))).scalar_one()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from recaudit.audits import store as st
 
@@ -24,8 +24,8 @@ def arrivals(store: st.Store) -> pd.DataFrame:
     """(kind, last_event, last_ingest) for each event kind: the time of its newest stored event
     and the wall-clock time an ingest last stored one (NaT when none has)."""
     last_ingest: dict[str, pd.Timestamp] = {}
+    last_event = {kind: store.latest_time(table) for kind, table in KINDS.items()}
     with store.engine.connect() as conn:
-        last_event = {kind: conn.execute(select(func.max(table.c.time))).scalar() for kind, table in KINDS.items()}
         query = (select(st.ingested_sources.c.ingested_at, st.ingested_sources.c.stored)
                  .order_by(st.ingested_sources.c.ingested_at.desc(), st.ingested_sources.c.id.desc()))
         offset = 0
@@ -39,7 +39,7 @@ def arrivals(store: st.Store) -> pd.DataFrame:
                 break
             offset += _BATCH
     return pd.DataFrame({"kind": list(KINDS),
-                         "last_event": [pd.Timestamp(last_event[k]) if last_event[k] is not None else pd.NaT
+                         "last_event": [pd.NaT if last_event[k] is None else last_event[k]
                                         for k in KINDS],
                          "last_ingest": [last_ingest.get(k, pd.NaT) for k in KINDS]})
 

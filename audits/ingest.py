@@ -275,7 +275,7 @@ def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pi
     source_id = _open_source(conn, "events", name, plan.fingerprint, plan.start, plan.first_line,
                              continues=plan.continues, partial_from=plan.partial_from)
     if plan.replaces is not None:
-        _forget_line(conn, *plan.replaces)
+        _forget_line(store, conn, *plan.replaces)
     keys: dict[str, int] = {}
     span, last_time = 0, None
     for parsed in pieces:
@@ -296,23 +296,11 @@ def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pi
 _LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend", "predictions": "predictions"}
 
 
-def _forget_line(conn: Connection, source_id: int, line: int) -> None:
+def _forget_line(store: st.Store, conn: Connection, source_id: int, line: int) -> None:
     """Remove what a half-written line left behind (it is read again, whole), and take it out
     of its source's counts, so that they still add up: lines == stored + quarantined."""
-    watched = conn.execute(select(st.watches.c.user_id, st.watches.c.time, st.watches.c.movie_key).where(
-        st.watches.c.source_id == source_id, st.watches.c.line == line)).first()
-    if watched is not None:
-        hours = st.watch_hours.c
-        conn.execute(update(st.watch_hours).where(
-            hours.user_id == watched.user_id, hours.hour == pd.Timestamp(watched.time).value // 3_600_000_000_000,
-            hours.movie_key == watched.movie_key).values(minutes=hours.minutes - 1))
-        conn.execute(delete(st.watch_hours).where(hours.minutes <= 0))
-        # watch_spans need nothing: a fragment that parsed as a watch was cut in its minute, so
-        # the whole line has the same user, movie and time.
-    removed = {table.name: conn.execute(delete(table).where(table.c.source_id == source_id,
-                                                            table.c.line == line)).rowcount
-               for table in (st.watches, st.ratings, st.recommendations, st.recommendation_items, st.quarantine,
-                             predictions_table)}
+    removed = store.lake.forget(conn, store, source_id, line) if store.lake is not None else _delete_line(
+        conn, source_id, line)
     if not any(removed.values()):
         return  # forgotten already, by another tail that continues the same content
     source = conn.execute(select(st.ingested_sources.c.lines, st.ingested_sources.c.stored,
@@ -325,6 +313,24 @@ def _forget_line(conn: Connection, source_id: int, line: int) -> None:
         stored["items"] = stored.get("items", 0) - removed["recommendation_items"]
     conn.execute(update(st.ingested_sources).where(st.ingested_sources.c.id == source_id).values(
         lines=source.lines - 1, stored=json.dumps(stored), quarantined=source.quarantined - removed["quarantine"]))
+
+
+def _delete_line(conn: Connection, source_id: int, line: int) -> dict[str, int]:
+    """Delete a line's rows from the database: how many each table held."""
+    watched = conn.execute(select(st.watches.c.user_id, st.watches.c.time, st.watches.c.movie_key).where(
+        st.watches.c.source_id == source_id, st.watches.c.line == line)).first()
+    if watched is not None:
+        hours = st.watch_hours.c
+        conn.execute(update(st.watch_hours).where(
+            hours.user_id == watched.user_id, hours.hour == pd.Timestamp(watched.time).value // 3_600_000_000_000,
+            hours.movie_key == watched.movie_key).values(minutes=hours.minutes - 1))
+        conn.execute(delete(st.watch_hours).where(hours.minutes <= 0))
+        # watch_spans need nothing: a fragment that parsed as a watch was cut in its minute, so
+        # the whole line has the same user, movie and time.
+    return {table.name: conn.execute(delete(table).where(table.c.source_id == source_id,
+                                                         table.c.line == line)).rowcount
+            for table in (st.watches, st.ratings, st.recommendations, st.recommendation_items, st.quarantine,
+                          predictions_table)}
 
 
 def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
@@ -377,7 +383,7 @@ def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceR
         source_id = _open_source(conn, "predictions", name, plan.fingerprint, plan.start, plan.first_line,
                                  continues=plan.continues, partial_from=plan.partial_from)
         if plan.replaces is not None:
-            _forget_line(conn, *plan.replaces)
+            _forget_line(store, conn, *plan.replaces)
         result = SourceResult(name, "predictions", "ingested", lines=len(frame) + len(rejects),
                               stored={"predictions": len(frame)}, quarantined=len(rejects),
                               first_line=plan.first_line, source_id=source_id)
@@ -464,9 +470,11 @@ def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.
         "server": r["server"].astype(object), "status": r["status"], "latency_ms": r["latency_ms"],
         "n_items": r["n_items"], "error": r["error"]}))
     i = parsed.items
+    request = pd.Index(r["line"]).get_indexer(i["line"])  # each item's request: its time and user go with it
     store.insert(conn, st.recommendation_items, pd.DataFrame({
         "source_id": source_id, "line": i["line"], "rank": i["rank"],
-        "movie_key": _keys_for(store, conn, i["movie_id"], keys)}))
+        "movie_key": _keys_for(store, conn, i["movie_id"], keys),
+        "time": r["time"].to_numpy()[request], "user_id": r["user_id"].to_numpy()[request]}))
     return _store_rejects(store, conn, source_id, parsed.rejects, parsed, last_time)
 
 

@@ -332,6 +332,31 @@ scheduler_lease = Table(  # which scheduler process runs the jobs: one holder at
     Column("expires_at", UTCTime, nullable=False),
 )
 
+lake_files = Table(
+    # The lake's manifest (a store opened with a lake keeps its events as Parquet files there):
+    # one row per file, written under a temporary name, renamed into place, then recorded here in
+    # the transaction of its source, so that only a committed source's files are ever read.
+    "lake_files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("table_name", String(32), nullable=False),
+    Column("day", String(10), nullable=False),  # the partition: YYYY-MM-DD, or "none" (no time)
+    Column("path", Text, nullable=False, unique=True),  # relative to the lake
+    Column("source_id", Integer),  # none for a rollup's partial sums
+    Column("rows", BigInteger, nullable=False),
+    Column("first_line", BigInteger),
+    Column("last_line", BigInteger),
+    Index("lake_files_table", "table_name", "id"),
+)
+
+lake_forgotten = Table(
+    # Lines of a lake source taken back when a log's half-written last line is read again whole:
+    # Parquet files are never rewritten, so readers leave these (source, line) rows out.
+    "lake_forgotten", metadata,
+    Column("source_id", Integer, nullable=False),
+    Column("line", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source_id", "line"),
+)
+
 # APScheduler's job store table: it creates and owns it, beside these (a revision rewrites what
 # older versions stored in it).
 SCHEDULER_JOBS = "scheduler_jobs"

@@ -5,7 +5,8 @@
 - recaudit.audits.migrations: the schema's revisions, applied when a database is opened;
 - recaudit.audits.events: event writes by each database's fast path and window reads;
 - recaudit.audits.history: runs, metrics, findings, jobs, the scheduler's lease and models;
-- recaudit.audits.pgcopy: PostgreSQL's binary COPY, both ways.
+- recaudit.audits.pgcopy: PostgreSQL's binary COPY, both ways;
+- recaudit.audits.lake and engines: events as Parquet files instead, read by DuckDB or Spark.
 The names other modules import from here (tables, `Window`, `between`, `resolve_url`) are
 re-exported. The aggregates an audit reads are written beside that audit (recaudit.audits.activity,
 drift_sources, online).
@@ -22,6 +23,7 @@ from recaudit.audits import migrations
 from recaudit.audits.database import DEFAULT_URL, URL_ENV, connect, resolve_url
 from recaudit.audits.events import EventStore, Window, between, whole_hours
 from recaudit.audits.history import HistoryStore
+from recaudit.audits.lake import resolve_lake
 from recaudit.audits.schema import (
     EVENT_TABLES,
     SPAN_SECONDS,
@@ -63,18 +65,28 @@ class Store(EventStore, HistoryStore):
     """One database: its schema brought to the head revision on open, bulk writes, reads back
     into frames, and the history of runs, jobs and models."""
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, lake: str | None = None, engine: str | None = None):
         self.url = resolve_url(url)
         self.engine: Engine = connect(self.url)
         where = self.engine.url
         migrations.upgrade(self.engine, where.database if self.dialect == "sqlite" else
                            where.render_as_string(hide_password=True))
+        self.lake, self.reader = None, None
+        location = resolve_lake(lake)
+        if location is not None:  # events in Parquet files, read by an engine (recaudit.audits.lake)
+            from recaudit.audits.engines import LakeReader, resolve_engine
+            from recaudit.audits.lake import Lake
+
+            self.lake = Lake(location)
+            self.reader = LakeReader(self, self.lake, resolve_engine(engine))
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
         if "_lease_engine" in self.__dict__ and self._lease_engine is not self.engine:
             self._lease_engine.dispose()
         self.engine.dispose()

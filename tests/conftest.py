@@ -66,6 +66,27 @@ def store(db_url):
 
 
 @pytest.fixture(scope="session")
+def spark():
+    """This test session's one Spark session (local mode; starting it takes seconds): skipped with
+    a reason where Java or pyspark is missing, except in CI."""
+    reason = None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        reason = "no Java (Spark needs Java 17: apt-get install openjdk-17-jre-headless)"
+    else:
+        try:
+            import pyspark  # noqa: F401
+        except ImportError:
+            reason = "pyspark is not installed (pip install -e '.[test]')"
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must run the Spark tests")
+        pytest.skip(reason)
+    from recaudit.audits.engines import spark_session
+
+    return spark_session()
+
+
+@pytest.fixture(scope="session")
 def small_world(tmp_path_factory) -> Path:
     """Four simulated days, corrupt from day 2: every kind of line and of fault, small."""
     out = tmp_path_factory.mktemp("world")

@@ -1,7 +1,8 @@
 """Ingestion and run recording under attack, on a real SQLite file and a real PostgreSQL: logs
 rotated while a real ingest process reads them, logs that fork from another's content, several
 processes opening a new database at once, half-written lines read again, and runs whose results
-cannot be recorded."""
+cannot be recorded. Each runs on a lake too (its events in Parquet files, the manifest in SQLite):
+$RECAUDIT_LAKE names it, so the ingest processes these tests start use it as well."""
 
 from __future__ import annotations
 
@@ -15,10 +16,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select
 
 from recaudit.audits import store as st
 from recaudit.audits.ingest import ingest
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "lake"])
+def db_url(request, tmp_path, monkeypatch) -> str:
+    """The database of each test here: an SQLite file, PostgreSQL, or an SQLite manifest of a lake."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_schema_url")
+    if request.param == "lake":
+        monkeypatch.setenv("RECAUDIT_LAKE", str(tmp_path / "lake"))
+    return f"sqlite:///{tmp_path / 'recaudit.db'}"
 
 
 def watch_lines(user: int, n: int, start: int = 0) -> bytes:
@@ -40,11 +51,10 @@ def per_source_counts_add_up(store: st.Store) -> None:
     for s in sources:
         stored = json.loads(s["stored"])
         assert s["lines"] == sum(stored.get(k, 0) for k in tables) + s["quarantined"], dict(s)
-        for kind, table in tables.items():
-            rows = store.frame(text(f"SELECT count(*) AS n FROM {table} WHERE source_id = {s['id']}")).n.iloc[0]
-            assert rows == stored.get(kind, 0), (kind, dict(s))
-        rows = store.frame(text(f"SELECT count(*) AS n FROM quarantine WHERE source_id = {s['id']}")).n.iloc[0]
-        assert rows == s["quarantined"], dict(s)
+        for kind, table in {**tables, "quarantined": "quarantine"}.items():
+            t = st.metadata.tables[table]
+            rows = store.frame(select(func.count().label("n")).where(t.c.source_id == s["id"])).n.iloc[0]
+            assert rows == (s["quarantined"] if table == "quarantine" else stored.get(kind, 0)), (kind, dict(s))
 
 
 def _reading(pid: int, path: Path) -> bool:

@@ -147,6 +147,8 @@ def test_the_scheduler_s_jobs_stored_by_an_earlier_version_call_the_packaged_ser
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("DROP INDEX audit_runs_newest"))  # added by 0004, with the column
         conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
+        for table in ("lake_files", "lake_forgotten"):  # added by 0005
+            conn.execute(text(f"DROP TABLE {table}"))
     engine.dispose()
     st.Store(db_url).close()
     scheduler = service.build(url, None, configuration.load())
@@ -188,6 +190,8 @@ def test_runs_and_open_conditions_of_an_earlier_version_are_given_the_schedule_t
         # As 0003 left them: no schedule recorded.
         conn.execute(text("DROP INDEX audit_runs_newest"))
         conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
+        for table in ("lake_files", "lake_forgotten"):  # added by 0005
+            conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
     store.close()
     store = st.Store(db_url)

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from recaudit.audits.groups import BUILT_IN, DEFAULT_AGE_GROUPS, UNKNOWN
+from recaudit.audits.urls import ENGINES
 from recaudit.audits.vocabulary import SEVERITIES
 from recaudit.recsys import formats
 from recaudit.recsys.formats import InputError, attribute_name_problem
@@ -586,6 +587,13 @@ class Validation(Table):
         return self
 
 
+class StoreTable(Table):
+    lake: Optional[str] = Field(None, description="keep events as Parquet files in this directory or s3:// URL "
+                                                  "(--lake and $RECAUDIT_LAKE come first); none: in the database")
+    engine: Literal[ENGINES] = Field("duckdb", description="what reads the lake: duckdb (embedded) or spark "
+                                                           "($RECAUDIT_SPARK_MASTER, default local[*])")
+
+
 class Settings(Table):
     """Every setting of recaudit.toml."""
 
@@ -601,6 +609,7 @@ class Settings(Table):
     alerts: Alerts = Field(default_factory=Alerts, description="alerts")
     schedule: Schedule = Field(default_factory=Schedule, description="`recaudit schedule`")
     validation: Validation = Field(default_factory=Validation, description="the validation audit")
+    store: StoreTable = Field(default_factory=StoreTable, description="where events are kept")
 
 
 DEFAULTS: dict = Settings().model_dump()

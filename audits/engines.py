@@ -22,10 +22,9 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from recaudit.audits.lake import LAKE_TABLES, ROLLUPS, Lake, arrow_schema, column_types, sql_type, tables_of
 from recaudit.audits.schema import ingested_sources, lake_files, lake_forgotten, metadata
+from recaudit.audits.urls import ENGINE_ENV, ENGINES
 
-ENGINE_ENV = "RECAUDIT_ENGINE"
 SPARK_MASTER_ENV = "RECAUDIT_SPARK_MASTER"
-ENGINES = ("duckdb", "spark")
 
 
 class _LakeCompiler(PGCompiler):
@@ -44,9 +43,9 @@ class _SparkDialect(_DuckDBDialect):
     floordiv = "DIV"
 
 
-def resolve_engine(engine: str | None = None) -> str:
-    """The engine: `engine`, else $RECAUDIT_ENGINE, else duckdb."""
-    name = (engine or os.environ.get(ENGINE_ENV) or "duckdb").lower()
+def resolve_engine(engine: str | None = None, configured: str | None = None) -> str:
+    """The engine: `engine`, else $RECAUDIT_ENGINE, else `configured` (store.engine), else duckdb."""
+    name = (engine or os.environ.get(ENGINE_ENV) or configured or "duckdb").lower()
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
     return name
@@ -64,6 +63,9 @@ class LakeReader:
 
     def __init__(self, store, lake: Lake, engine: str):
         self.store, self.lake, self.name = store, lake, engine
+        if engine == "spark" and not lake.local:
+            raise ValueError(f"the spark engine reads a lake on this machine's filesystem (or one Hadoop "
+                             f"mounts), not {lake.location}: use --engine duckdb for an object store")
         self.dialect = (_SparkDialect if engine == "spark" else _DuckDBDialect)(paramstyle="named")
         self.backend = SparkBackend() if engine == "spark" else DuckDBBackend(lake)
         self._views: dict[str, object] = {}  # view name -> what it was made from
@@ -192,7 +194,9 @@ class SparkBackend:
     """Spark SQL over the lake's files; the session is shared by every store of the process."""
 
     def __init__(self):
-        self.spark = spark_session()
+        # A session of its own on the shared context: temporary views belong to a session, and
+        # each reader keeps its own (two stores of one process must not replace each other's).
+        self.spark = spark_session().newSession()
 
     def files(self, name: str, paths: list[str], types: dict[str, str], lake: Lake) -> None:
         schema = _spark_schema(types)

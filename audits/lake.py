@@ -43,8 +43,7 @@ from recaudit.audits.schema import (
     watch_spans,
     watches,
 )
-
-LAKE_ENV = "RECAUDIT_LAKE"
+from recaudit.audits.urls import LAKE_ENV
 
 # The tables kept in the lake, and the columns each file has: an item carries its request's
 # time and user, so that a day's items are in that day's partition and can be read without it.
@@ -102,9 +101,10 @@ def tables_of(statement) -> set[str]:
     return {e.name for e in visitors.iterate(statement) if isinstance(e, Table)}
 
 
-def resolve_lake(lake: str | None = None) -> str | None:
-    """The lake: `lake`, else $RECAUDIT_LAKE, else none (events in the database)."""
-    return lake or os.environ.get(LAKE_ENV) or None
+def resolve_lake(lake: str | None = None, configured: str | None = None) -> str | None:
+    """The lake: `lake`, else $RECAUDIT_LAKE, else `configured` (store.lake), else none (events in
+    the database)."""
+    return lake or os.environ.get(LAKE_ENV) or configured or None
 
 
 class Lake:
@@ -141,9 +141,11 @@ class Lake:
         df = df.copy()
         if name == "quarantine":
             df = self._with_ids(conn, df)
-        for c in types:
+        for c, t in types.items():
             if c not in df:
                 df[c] = None
+            elif t == "TIMESTAMP":  # as the databases keep them: microseconds (a log may give nanoseconds)
+                df[c] = pd.to_datetime(df[c]).dt.floor("us")
         days = _days(name, df)
         schema = arrow_schema(types)
         for day, rows in df.groupby(days, sort=True):
@@ -155,7 +157,9 @@ class Lake:
             if self.local:  # a reader of the directory never sees half a file
                 temporary = f"{final}.tmp"
                 pq.write_table(data, temporary, filesystem=self.fs, compression="zstd")
+                _synced(temporary)  # on disk before the manifest names it, so a power loss cannot lose it
                 self.fs.move(temporary, final)
+                _synced(os.path.dirname(final))
             else:  # an object store has no rename: an object appears whole when its upload ends
                 pq.write_table(data, final, filesystem=self.fs, compression="zstd")
             lines = rows["line"] if "line" in rows else None
@@ -206,6 +210,14 @@ class Lake:
         for name, path in conn.execute(select(f.table_name, f.path).order_by(f.id)).all():
             listed[name].append(self.full_path(path))
         return listed
+
+
+def _synced(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _days(name: str, df: pd.DataFrame) -> np.ndarray:

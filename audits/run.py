@@ -8,7 +8,6 @@ import json
 import time
 import traceback
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,7 @@ import pandas as pd
 from recaudit.audits import registry
 from recaudit.audits.files import write_atomic
 from recaudit.audits.result import AuditResult, Finding
-from recaudit.audits.store import Store, Window
+from recaudit.audits.store import Store
 
 
 @dataclass
@@ -31,10 +30,6 @@ class AuditContext:
     run_id: int
     out_dir: Path
     reference: tuple[pd.Timestamp, pd.Timestamp] | None = None  # a reference window given by the user
-
-    @cached_property
-    def window(self) -> Window:
-        return self.store.window(self.since, self.until)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from recaudit.audits import migrations
@@ -35,6 +36,7 @@ from recaudit.audits.schema import (
     findings,
     ingested_sources,
     job_runs,
+    lake_files,
     metadata,
     metrics,
     models,
@@ -61,24 +63,53 @@ __all__ = [
 ]
 
 
+class EventsElsewhere(ValueError):
+    """The database and the lake it was opened with disagree on where its events are."""
+
+
 class Store(EventStore, HistoryStore):
     """One database: its schema brought to the head revision on open, bulk writes, reads back
     into frames, and the history of runs, jobs and models."""
 
-    def __init__(self, url: str | None = None, lake: str | None = None, engine: str | None = None):
+    def __init__(self, url: str | None = None, lake: str | None = None, engine: str | None = None,
+                 settings: dict | None = None):
+        """`url` as `resolve_url` reads it; `lake` and `engine` as `resolve_lake` and
+        `resolve_engine` read them, `settings` being the configuration's `store` table."""
         self.url = resolve_url(url)
         self.engine: Engine = connect(self.url)
         where = self.engine.url
         migrations.upgrade(self.engine, where.database if self.dialect == "sqlite" else
                            where.render_as_string(hide_password=True))
         self.lake, self.reader = None, None
-        location = resolve_lake(lake)
+        settings = settings or {}
+        location = resolve_lake(lake, settings.get("lake"))
         if location is not None:  # events in Parquet files, read by an engine (recaudit.audits.lake)
             from recaudit.audits.engines import LakeReader, resolve_engine
             from recaudit.audits.lake import Lake
 
             self.lake = Lake(location)
-            self.reader = LakeReader(self, self.lake, resolve_engine(engine))
+            self.reader = LakeReader(self, self.lake, resolve_engine(engine, settings.get("engine")))
+        self._check_where_events_are()
+
+    def _check_where_events_are(self) -> None:
+        """Refuse a database whose events are in a lake when it is opened without one, and one
+        holding events itself when it is opened with one: either way half the events would be
+        out of sight, and a re-read line could not be taken back."""
+        with self.engine.connect() as conn:
+            in_lake = conn.execute(select(lake_files.c.id).limit(1)).first() is not None
+            in_database = any(conn.execute(select(t.c.source_id).limit(1)).first() is not None
+                              for t in EVENT_TABLES.values())
+        if self.lake is None and in_lake:
+            raise EventsElsewhere(f"the events of {self.shown_url} are in a lake: open it with --lake "
+                                  f"(or $RECAUDIT_LAKE, store.lake)")
+        if self.lake is not None and in_database:
+            raise EventsElsewhere(f"{self.shown_url} holds its events itself: a lake ({self.lake.location}) needs a "
+                                  "database of its own")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without its password."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     @property
     def dialect(self) -> str:

@@ -410,7 +410,9 @@ def check(events: ev.ParsedEvents, users: pd.DataFrame | None, movies: pd.DataFr
 
 def audit(ctx) -> AuditResult:
     """The registered audit: the suites on the run's window of stored data."""
-    window = ctx.window
+    # Read here, not kept on the run's context: the window's frames are the largest thing a run
+    # holds, and no other audit needs them.
+    window = ctx.store.window(ctx.since, ctx.until)
     # Lines quarantined at ingestion have no time: those of the sources this window's events
     # came from stand for the window's malformed lines.
     quarantined = ctx.store.quarantine_of_window(ctx.since, ctx.until)

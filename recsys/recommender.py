@@ -30,6 +30,9 @@ SHORTLIST_MARGIN = 20  # extra candidates re-ranked exactly after the float32 pa
 SHORTLIST_TOLERANCE = 1e-4  # float32 estimates closer than this to the k-th may be out of order
 
 
+PREDICT_CHUNK = 1 << 18  # pairs whose factor rows `Model.predict` holds at once (40 MB at 10 factors)
+
+
 @dataclass
 class Model:
     """A fitted model as arrays; indices below are into `catalog` (movies) and `users`."""
@@ -155,7 +158,12 @@ class Model:
         est[known_user] += self.user_bias[rows[known_user]]
         est[known_item] += self.item_bias[items[known_item]]
         both = known_user & known_item
-        est[both] += np.einsum("ij,ij->i", self.user_factors[rows[both]], self.item_factors[items[both]])
+        # The factor rows of PREDICT_CHUNK pairs at a time: gathering every pair's rows at once
+        # takes pairs x factors x 16 bytes (tens of GB for a large service's ratings).
+        at = np.flatnonzero(both)
+        for start in range(0, len(at), PREDICT_CHUNK):
+            part = at[start:start + PREDICT_CHUNK]
+            est[part] += np.einsum("ij,ij->i", self.user_factors[rows[part]], self.item_factors[items[part]])
         return np.clip(est, *RATING_SCALE), ~both
 
     # -- artifacts ----------------------------------------------------------------------------

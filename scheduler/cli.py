@@ -56,15 +56,20 @@ def _within(failed, named) -> bool:
     return os.path.commonpath([a, b]) in (a, b)
 
 
-def open_store(db: str | None):
+def open_store(db: str | None, config_path: str | None = None):
+    """The store of --db, with the lake of --lake, $RECAUDIT_LAKE or the configuration's store.lake."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+    from recaudit.audits import config
     from recaudit.audits.store import Store, resolve_url
 
     url = resolve_url(db)
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    settings = config.load_settings(config_path).store.model_dump()
     try:
-        return Store(url)
+        return Store(url, settings=settings)
+    except (ValueError, OSError) as exc:  # the lake: where it is, what reads it, whether it fits the database
+        raise UserError(f"cannot open {shown}: {exc}") from None
     except (OperationalError, ArgumentError, NoSuchModuleError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise UserError(f"cannot open database {shown}: {reason}") from None
@@ -191,7 +196,7 @@ def ingest(db, validate, model_name, config_path, as_json, paths):
 
     check = validation.row_check(load_config(config_path)) if validate else None
     with user_errors(*paths):
-        store = open_store(db)
+        store = open_store(db, config_path)
         summary = run(store, paths, check=check, model_name=model_name)
     data = summary.to_dict()
 
@@ -528,7 +533,7 @@ def audit(db, config_path, since, until, reference_since, reference_until, only,
     for name in names or []:
         if name not in registry.AUDITS:
             raise UserError(f"--only: unknown audit {name!r} (known: {', '.join(registry.AUDITS)})")
-    store = open_store(db)
+    store = open_store(db, config_path)
     if model_id and not fairness.is_model(store, model_id):
         raise UserError(f"--model: no model {model_id!r} in {store.url} (neither in the stored predictions "
                         "nor trained)")
@@ -590,7 +595,7 @@ def report(db, config_path, out, full):
     from recaudit.reports.html import publish
 
     cfg = load_config(config_path)
-    store = open_store(db)
+    store = open_store(db, config_path)
     out = out or cfg["audit"]["out"]
     with user_errors(out):
         path = publish(store, out, cfg, full=full)
@@ -643,7 +648,7 @@ def alerts_deliver(db, config_path, as_json):
     from recaudit.reports import alerts as alerting
 
     cfg = load_config(config_path)
-    counts = alerting.deliver(open_store(db), cfg["alerts"])
+    counts = alerting.deliver(open_store(db, config_path), cfg["alerts"])
     emit(counts, as_json, lambda c: click.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items())))
     if counts["failed"]:
         raise SystemExit(1)
@@ -709,7 +714,7 @@ def schedule(db, config_path, once, host, port):
     if config_path is None and Path("recaudit.toml").exists():
         config_path = "recaudit.toml"
     config_path = str(Path(config_path).resolve()) if config_path else None  # jobs are persisted with it
-    store = open_store(db)
+    store = open_store(db, config_path)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("recaudit").setLevel(logging.INFO)  # changes of role, recoveries, outcomes recorded late
     if once:

@@ -3,16 +3,36 @@ way everywhere. Each takes the command's own help where what it does differs by 
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from recaudit.audits.urls import URL_ENV
+from recaudit.audits.urls import ENGINE_ENV, ENGINES, LAKE_ENV, URL_ENV
 
 CONFIG_HELP = "Settings file [default: ./recaudit.toml if it exists; every setting has a default]."
 
 
+def _exported(name: str):
+    """A callback putting the option's value into the environment, where the store reads it: the
+    scheduler's jobs and the processes a command starts then open the same lake."""
+    def export(_ctx, _param, value):
+        if value:
+            os.environ[name] = value
+    return export
+
+
 def db_option(f):
     """--db, else $RECAUDIT_DATABASE_URL (click reads it, so --help names it), else the store's
-    own default, ./recaudit.db."""
+    own default, ./recaudit.db; with --lake and --engine, which say where the events are kept
+    (else store.lake and store.engine of recaudit.toml)."""
+    f = click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), envvar=ENGINE_ENV,
+                     show_envvar=True, expose_value=False,
+                     callback=_exported(ENGINE_ENV),
+                     help="What reads the lake [default: store.engine, duckdb].")(f)
+    f = click.option("--lake", metavar="PATH", envvar=LAKE_ENV, show_envvar=True, expose_value=False,
+                     callback=_exported(LAKE_ENV),
+                     help="Keep events as Parquet files here (a directory or s3:// URL), their manifest in the "
+                          "database [default: store.lake, none].")(f)
     return click.option("--db", metavar="URL", envvar=URL_ENV, show_envvar=True, show_default="./recaudit.db",
                         help="Database URL, or a path for an SQLite file.")(f)
 

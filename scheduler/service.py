@@ -120,10 +120,16 @@ def run_job(name: str, db: str, config_path: str | None = None) -> str:
     run, store = RUNS.begin(name), None
     status, detail = "failed", None
     try:
-        store = Store(db)
+        try:  # a settings file broken meanwhile fails the job, recorded as any failure is
+            settings, broken = config.load(config_path), None
+        except Exception as exc:
+            settings, broken = None, exc
+        store = Store(db, settings=(settings or config.DEFAULTS)["store"])
         run["id"] = store.start_job(name, run["started_at"])
         try:
-            detail, status = json.dumps(WORK[name](store, config.load(config_path)), default=str), "ok"
+            if broken is not None:
+                raise broken
+            detail, status = json.dumps(WORK[name](store, settings), default=str), "ok"
         except Exception as exc:  # recorded, and the service goes on
             detail, status = traceback.format_exc(), "failed"
             error = describe(exc)

@@ -324,3 +324,16 @@ def test_a_newer_model_is_swapped_in_while_requests_keep_being_answered(server, 
         statuses.append(get(f"{base}/recommend/1")[0])
     assert json.loads(get(base + "/healthz")[2])["model"] == newer
     assert statuses and set(statuses) == {200}
+
+
+def test_predictions_made_a_few_pairs_at_a_time_equal_those_made_at_once(data, svd, monkeypatch):
+    """`predict` gathers factor rows in chunks of bounded memory: the chunks change nothing."""
+    from recaudit.recsys import recommender
+
+    users, movies = data.test["user_id"].to_numpy(), data.test["movie_id"].astype(str).to_numpy()
+    whole, cold = svd.predict(users, movies)
+    assert (~cold).sum() > 100, "enough warm pairs for several chunks"
+    monkeypatch.setattr(recommender, "PREDICT_CHUNK", 7)
+    chunked, cold_chunked = svd.predict(users, movies)
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(cold_chunked, cold)

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql.base import PGCompiler
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-from recaudit.audits.lake import LAKE_TABLES, ROLLUPS, Lake, arrow_schema, column_types, sql_type, tables_of
-from recaudit.audits.schema import ingested_sources, lake_files, lake_forgotten, metadata
+from recaudit.audits.lake import LAKE_TABLES, ROLLUPS, Lake, arrow_schema, column_types, tables_of
+from recaudit.audits.schema import ingested_sources, lake_files, lake_forgotten, metadata, sql_type
 from recaudit.audits.urls import ENGINE_ENV, ENGINES
 
 SPARK_MASTER_ENV = "RECAUDIT_SPARK_MASTER"
@@ -166,7 +166,8 @@ _SPARK_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "VARCHAR": "STRING"}
 
 def spark_session():
     """This process's one Spark session (starting it takes seconds): $RECAUDIT_SPARK_MASTER, else
-    local[*]; times in UTC; double quotes quote identifiers, as in PostgreSQL."""
+    local[*]; the driver's memory $RECAUDIT_SPARK_DRIVER_MEMORY, else 4g; times in UTC; double
+    quotes quote identifiers, as in PostgreSQL."""
     global _SPARK
     with _SPARK_LOCK:
         if _SPARK is None:
@@ -179,6 +180,8 @@ def spark_session():
                       .config("spark.sql.ansi.doubleQuotedIdentifiers", "true")
                       .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                       .config("spark.sql.shuffle.partitions", os.environ.get("RECAUDIT_SPARK_PARTITIONS", "8"))
+                      # the driver collects the aggregates (and validation's rows): local mode's 1 GB is too little
+                      .config("spark.driver.memory", os.environ.get("RECAUDIT_SPARK_DRIVER_MEMORY", "4g"))
                       .config("spark.ui.enabled", "false")
                       .config("spark.ui.showConsoleProgress", "false")
                       .getOrCreate())

@@ -26,12 +26,11 @@ import uuid
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Float, Integer, SmallInteger, Table, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import visitors
 
 from recaudit.audits.schema import (
-    UTCTime,
     lake_files,
     lake_forgotten,
     predictions,
@@ -39,6 +38,7 @@ from recaudit.audits.schema import (
     ratings,
     recommendation_items,
     recommendations,
+    sql_type,
     watch_hours,
     watch_spans,
     watches,
@@ -71,20 +71,6 @@ def column_types(name: str) -> dict[str, str]:
     if name == "quarantine":
         types["id"] = "BIGINT"  # source_id * 2^32 + place
     return types
-
-
-def sql_type(type_) -> str:
-    if isinstance(type_, UTCTime):
-        return "TIMESTAMP"
-    if isinstance(type_, SmallInteger):
-        return "SMALLINT"
-    if isinstance(type_, BigInteger):
-        return "BIGINT"
-    if isinstance(type_, Integer):
-        return "INTEGER"
-    if isinstance(type_, Float):
-        return "DOUBLE"
-    return "VARCHAR"
 
 
 def arrow_schema(types: dict[str, str]):

@@ -12,11 +12,10 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Float, Integer, SmallInteger
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from recaudit.audits.schema import EPOCH, UTCTime
+from recaudit.audits.schema import EPOCH, UTCTime, sql_type
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 _PG_FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "timestamp": ">i8"}
@@ -44,19 +43,13 @@ def python_values(series: pd.Series, type_) -> list:
             for v in series.astype(object).tolist()]
 
 
+_PG_KINDS = {"TIMESTAMP": "timestamp", "SMALLINT": "int2", "BIGINT": "int8", "INTEGER": "int4", "DOUBLE": "float8",
+             "VARCHAR": "text"}
+
+
 def pg_kind(type_) -> str:
     """The PostgreSQL type a column's values are sent as."""
-    if isinstance(type_, UTCTime):
-        return "timestamp"
-    if isinstance(type_, SmallInteger):
-        return "int2"
-    if isinstance(type_, BigInteger):
-        return "int8"
-    if isinstance(type_, Integer):
-        return "int4"
-    if isinstance(type_, Float):  # a model's predictions
-        return "float8"
-    return "text"
+    return _PG_KINDS[sql_type(type_)]
 
 
 def copy_in(conn: Connection, table: str, df: pd.DataFrame, types: list) -> None:

@@ -61,6 +61,21 @@ class UTCTime(TypeDecorator):
         return EPOCH + timedelta(microseconds=value)
 
 
+def sql_type(type_) -> str:
+    """The SQL type of a column's values, by its SQLAlchemy type (text for anything else)."""
+    if isinstance(type_, UTCTime):
+        return "TIMESTAMP"
+    if isinstance(type_, SmallInteger):
+        return "SMALLINT"
+    if isinstance(type_, BigInteger):
+        return "BIGINT"
+    if isinstance(type_, Integer):
+        return "INTEGER"
+    if isinstance(type_, Float):
+        return "DOUBLE"
+    return "VARCHAR"
+
+
 metadata = MetaData()
 
 ingested_sources = Table(

@@ -62,12 +62,12 @@ class LakeReader:
     """Runs a store's selects that read lake tables on an engine, over the lake's committed files."""
 
     def __init__(self, store, lake: Lake, engine: str):
-        self.store, self.lake, self.name = store, lake, engine
+        self.store, self.lake = store, lake
         if engine == "spark" and not lake.local:
             raise ValueError(f"the spark engine reads a lake on this machine's filesystem (or one Hadoop "
                              f"mounts), not {lake.location}: use --engine duckdb for an object store")
         self.dialect = (_SparkDialect if engine == "spark" else _DuckDBDialect)(paramstyle="named")
-        self.backend = SparkBackend() if engine == "spark" else DuckDBBackend(lake)
+        self.backend = SparkBackend() if engine == "spark" else DuckDBBackend()
         self._views: dict[str, object] = {}  # view name -> what it was made from
         self._lock = threading.Lock()  # one engine connection: one select at a time
 
@@ -128,7 +128,7 @@ class LakeReader:
 class DuckDBBackend:
     """An in-process DuckDB over pyarrow datasets of the lake's files (local or object store)."""
 
-    def __init__(self, lake: Lake):
+    def __init__(self):
         import duckdb
 
         self.con = duckdb.connect()

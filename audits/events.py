@@ -21,6 +21,7 @@ from recaudit.audits.lake import CARRIED, LAKE_TABLES, tables_of
 from recaudit.audits.pgcopy import copy_in, copy_out, literal_sql, python_values
 from recaudit.audits.schema import (
     EVENT_TABLES,
+    metadata,
     movie_attributes,
     movie_keys,
     movies,
@@ -311,10 +312,7 @@ class EventStore:
 
     def count(self, table: str) -> int:
         """How many rows a table holds."""
-        if self.reader is not None and table in LAKE_TABLES:
-            return int(self.frame(select(func.count().label("n")).select_from(LAKE_TABLES[table]))["n"].iloc[0])
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(table_named(table))).scalar_one()
+        return int(self.frame(select(func.count().label("n")).select_from(metadata.tables[table]))["n"].iloc[0])
 
     def with_movie_ids(self, df: pd.DataFrame) -> pd.DataFrame:
         """Replace the movie_key column by a categorical movie_id in the same place."""

@@ -78,7 +78,7 @@ def arrow_schema(types: dict[str, str]):
     import pyarrow as pa
 
     arrow = {"TIMESTAMP": pa.timestamp("us"), "SMALLINT": pa.int16(), "BIGINT": pa.int64(), "INTEGER": pa.int32(),
-             "DOUBLE": pa.float64(), "VARCHAR": pa.string(), "BOOLEAN": pa.bool_()}
+             "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
     return pa.schema([(name, arrow[t]) for name, t in types.items()])
 
 

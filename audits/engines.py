@@ -5,9 +5,9 @@ and run over views named like the tables: each lake table's view reads the files
 lists (less the lines taken back; the rollups' partial sums added up), and each table of the
 database that a select joins (users, movies, their attributes, movie keys) is copied in from the
 database, once per ingest. Both engines are PostgreSQL's SQL for what the audits ask, but for
-integer division (`//` on DuckDB, `DIV` on Spark) and a day's number (recaudit.audits.activity's
-`day_of`); so each select is one SQL text, read the same way by both, and the frames they give
-back are the database's.
+integer division (`//` on DuckDB, `DIV` on Spark), the name of the text type (STRING on Spark)
+and a day's number (recaudit.audits.activity's `day_of`); so each select is one SQL text, read
+the same way by both, and the frames they give back are the database's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 
 import pandas as pd
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql.base import PGCompiler
+from sqlalchemy.dialects.postgresql.base import PGCompiler, PGTypeCompiler
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from recaudit.audits.lake import LAKE_TABLES, ROLLUPS, Lake, arrow_schema, column_types, tables_of
@@ -38,9 +38,15 @@ class _DuckDBDialect(PGDialect_psycopg):
     statement_compiler = _LakeCompiler
 
 
+class _SparkTypeCompiler(PGTypeCompiler):
+    def visit_TEXT(self, type_, **kw):  # Spark SQL's text is STRING; it knows no TEXT
+        return "STRING"
+
+
 class _SparkDialect(_DuckDBDialect):
     name = "spark"
     floordiv = "DIV"
+    type_compiler_cls = _SparkTypeCompiler
 
 
 def resolve_engine(engine: str | None = None, configured: str | None = None) -> str:

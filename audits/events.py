@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, and_, column, func, insert, select
+from sqlalchemy import Table, and_, column, func, insert, select, union
 from sqlalchemy import table as table_named
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -246,20 +246,31 @@ class EventStore:
             df["server"] = df["server"].astype("category")
         return self.with_movie_ids(df) if "movie_key" in df else df
 
-    def _with_attributes(self, query, kind: str, key) -> pd.DataFrame:
+    def users_of(self, since, until, *tables: Table) -> pd.DataFrame:
+        """The users, as `read("users")` gives them, who have an event of `tables` in
+        [since, until): the ones an audit of the window groups, chosen in the database (or the
+        lake's engine) instead of reading every user."""
+        active = [select(t.c.user_id).where(*between(t.c.time, since, until)) for t in tables]
+        u = users.c
+        return self._with_attributes(select(u.user_id, u.age, u.age_group, u.gender, u.occupation), "users",
+                                     u.user_id, where=u.user_id.in_(union(*active)))
+
+    def _with_attributes(self, query, kind: str, key, where=None) -> pd.DataFrame:
         """The rows of `query` (of users or movies, whose id is `key`), in the order of `key`,
         with one text column per attribute stored for `kind`, in the order of their names: None
         where one lacks the attribute. Each is an outer join on the attributes' primary key, so
         the database pivots them; they are read under labels of their own, so that an attribute
         named like a typed column elsewhere (a user's `status`) is not read as one. SQLite joins
         at most 64 tables in one statement, so the attributes come JOINED_ATTRIBUTES at a time,
-        each batch in the same order of `key`."""
+        each batch in the same order of `key` and under the same `where`."""
         table = user_attributes if kind == "users" else movie_attributes
         names = self.attribute_names(kind)
         df = None
         for start in range(0, max(len(names), 1), JOINED_ATTRIBUTES):
             batch, joined = names[start:start + JOINED_ATTRIBUTES], key.table
             part = query if df is None else select(key)
+            if where is not None:
+                part = part.where(where)
             for i, name in enumerate(batch, start):
                 a = table.alias(f"attribute_{i}")
                 joined = joined.outerjoin(a, and_(a.c[key.name] == key, a.c.name == name))

@@ -435,10 +435,13 @@ def slots_by_user(store, since, until) -> pd.DataFrame:
 def audit(ctx) -> AuditResult:
     """The registered audit over the store's window."""
     store, since, until = ctx.store, ctx.since, ctx.until
-    return assess(online.followed_requests(store, since, until, ctx.config["online"]["success_horizon"]),
+    horizon = ctx.config["online"]["success_horizon"]
+    # The users grouped are those of the requests judged, read from the database by that span.
+    judged = online.judged_span(since, until, store.latest_event_time(), horizon)
+    return assess(online.followed_requests(store, since, until, horizon),
                   slots_by_user(store, since, until), activity.watch_sessions(store, since, until),
                   activity.watch_sessions(store, since - (until - since), since),
-                  store.read("users"), store.read("movies"), ctx.config)
+                  store.users_of(*judged, recommendations), store.read("movies"), ctx.config)
 
 
 def exposure(recommendations, items: pd.DataFrame | None = None, watches: pd.DataFrame | None = None, *,

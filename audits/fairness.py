@@ -712,7 +712,7 @@ def audit(ctx) -> AuditResult:
     coverage = {"fairness.scored_share": float(scored.mean()) if len(ratings) else None,
                 "fairness.unscored": int((~scored).sum())}
     details.update(ratings=len(ratings), scored=int(scored.sum()), unscored=coverage["fairness.unscored"])
-    users = ctx.store.read("users")
+    users = ctx.store.users_of(since, ctx.until, schema.ratings)
     age_bins = ctx.config["groups"]["age"]
     # Warm and cold cannot be told apart for an outside model: `assess` is told so.
     part = ratings[scored]
@@ -744,7 +744,7 @@ def _audit_reference(ctx, settings: dict, model_id: str, since: pd.Timestamp) ->
         return AuditResult("fairness", "insufficient_data",
                            details={**details, "reason": "the window ends before the model's training cutoff"})
     ratings = ctx.store.read("ratings", since, ctx.until)
-    users = ctx.store.read("users")
+    users = ctx.store.users_of(since, ctx.until, schema.ratings)  # the raters only
     evaluated = evaluate(model, ratings, users, ctx.config)
     if settings["export_predictions"]:
         export(evaluated, settings["export_predictions"])

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from recaudit.audits import config as configuration
-from recaudit.audits import sources
+from recaudit.audits import pushdown, sources
+from recaudit.audits.pushdown import QUARANTINED_BY
 from recaudit.audits.result import AuditResult, Finding
 from recaudit.clock import utc_now
 from recaudit.recsys import events as ev
@@ -31,7 +32,6 @@ from recaudit.recsys import formats, movielens
 
 DATASETS = ("log", "watches", "ratings", "recommendations", "users", "movies")
 EXAMPLES = 5
-QUARANTINED_BY = "failed expectation "  # the quarantine reason of events ingest --validate moved out
 
 
 @dataclass
@@ -84,11 +84,13 @@ def event_frames(parsed: ev.ParsedEvents, catalog: set[str] | None) -> dict[str,
     recommendations (one row per request, with its list's distinct and unknown movies counted)
     and the log's parse outcome per line. Without a catalogue, the unknown columns are left out."""
     items = parsed.items
-    per_list = items.groupby("line", sort=False).agg(n_distinct_items=("movie_id", "nunique"))
+    # A stored window holds several sources, whose line numbers repeat: a list is its source's line.
+    key = ["source_id", "line"] if "source_id" in items else ["line"]
+    per_list = items.groupby(key, sort=False).agg(n_distinct_items=("movie_id", "nunique"))
     if catalog is not None and len(items):
         unknown = ~items["movie_id"].astype(str).isin(catalog)
-        per_list["n_unknown_items"] = unknown.groupby(items["line"].to_numpy(), sort=False).sum()
-    recs = parsed.recommendations.merge(per_list, left_on="line", right_index=True, how="left")
+        per_list["n_unknown_items"] = unknown.groupby([items[k].to_numpy() for k in key], sort=False).sum()
+    recs = parsed.recommendations.merge(per_list, left_on=key, right_index=True, how="left")
     recs["n_distinct_items"] = recs["n_distinct_items"].fillna(0).astype(np.int64)
     recs["n_unknown_items"] = (recs["n_unknown_items"].fillna(0).astype(np.int64)
                                if "n_unknown_items" in recs else 0)
@@ -96,7 +98,7 @@ def event_frames(parsed: ev.ParsedEvents, catalog: set[str] | None) -> dict[str,
         pd.DataFrame({"line": pd.concat([parsed.watches["line"], parsed.ratings["line"],
                                          parsed.recommendations["line"]], ignore_index=True), "reason": None}),
         parsed.rejects[["line", "reason"]],
-    ], ignore_index=True).sort_values("line", ignore_index=True)
+    ], ignore_index=True).sort_values("line", ignore_index=True, kind="stable")
     watches, ratings = parsed.watches, parsed.ratings
     if catalog is not None:
         watches, ratings = (f.assign(unknown_movie=f["movie_id"].astype(object).where(
@@ -150,15 +152,16 @@ def read_paths(paths: list[str]) -> tuple[dict[str, pd.DataFrame], dict]:
 
 # -- running the suites ----------------------------------------------------------------------
 
-def parameters(config: dict, since=None, until=None, catalog: set[str] | None = None) -> dict:
-    """Suite parameters; a missing one makes the expectations that need it skip."""
+def parameters(config: dict, since=None, until=None, catalog: set[str] | int | None = None) -> dict:
+    """Suite parameters; a missing one makes the expectations that need it skip. `catalog` is
+    the catalogue's movie ids, or how many there are."""
     v = config["validation"]
     params = {"list_length": v["list_length"], "max_minute": v["max_minute"], "min_year": v["min_year"],
               "max_year": v["max_year"], "now": utc_now()}
     if since is not None and until is not None:
         params["since"], params["until"] = pd.Timestamp(since), pd.Timestamp(until) - pd.Timedelta(1, "ns")
     if catalog is not None:
-        params["catalogue"] = len(catalog)
+        params["catalogue"] = catalog if isinstance(catalog, int) else len(catalog)
     return params
 
 
@@ -185,34 +188,48 @@ def run_suites(frames: dict[str, pd.DataFrame], params: dict, directory=None, ro
     """Every suite whose dataset has a frame; `rows` also returns the positions of failing rows,
     and `quarantine_only` keeps the expectations whose failing rows may be quarantined."""
     suites = load_suites(directory)
-    gx, (context, source) = _gx()
     outcomes = []
     for dataset in DATASETS:
         if dataset not in frames or dataset not in suites:
             continue
         frame = frames[dataset].reset_index(drop=True)
-        runnable, skipped = [], []
-        for expectation in suites[dataset]["expectations"]:
-            if quarantine_only and not expectation.get("meta", {}).get("quarantine"):
-                continue
-            missing = sorted(_parameters_in(expectation) - set(params))
-            (skipped if missing else runnable).append((expectation, missing))
-        for expectation, missing in skipped:
-            outcomes.append(_outcome(dataset, expectation, None, skipped=f"no {', '.join(missing)} to check against"))
-        if not runnable:
-            continue
-        suite = gx.ExpectationSuite(name=f"recaudit-{dataset}", expectations=[e for e, _ in runnable])
-        asset_name = f"{dataset}-{len(outcomes)}-{id(frame)}"
-        batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all") \
-            .get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, expectation_parameters=params,
-                                result_format={"result_format": "COMPLETE" if rows else "SUMMARY"})
-        source.delete_asset(asset_name)
-        by_name = {res.expectation_config.meta["name"]: res for res in result.results}  # GX reorders results
-        for expectation, _ in runnable:
-            res = by_name[expectation["meta"]["name"]]
+        runnable, skipped = split(dataset, suites[dataset], params, quarantine_only)
+        outcomes += skipped
+        for expectation, res in _validated(dataset, frame, runnable, params, rows):
             outcomes.append(_outcome(dataset, expectation, res, frame=frame, params=params, rows=rows))
     return outcomes
+
+
+def split(dataset: str, suite: dict, params: dict, quarantine_only: bool = False
+          ) -> tuple[list[dict], list[Outcome]]:
+    """A dataset's suite's expectations that can run with `params`, and the outcomes of those
+    that cannot."""
+    runnable, skipped = [], []
+    for expectation in suite["expectations"]:
+        if quarantine_only and not expectation.get("meta", {}).get("quarantine"):
+            continue
+        missing = sorted(_parameters_in(expectation) - set(params))
+        if missing:
+            skipped.append(_outcome(dataset, expectation, None, skipped=f"no {', '.join(missing)} to check against"))
+        else:
+            runnable.append(expectation)
+    return runnable, skipped
+
+
+def _validated(dataset: str, frame: pd.DataFrame, expectations: list[dict], params: dict, rows: bool = False):
+    """Great Expectations' result of each expectation on a frame, in the suite's order."""
+    if not expectations:
+        return []
+    gx, (context, source) = _gx()
+    suite = gx.ExpectationSuite(name=f"recaudit-{dataset}", expectations=expectations)
+    asset_name = f"{dataset}-{id(frame)}"
+    batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all") \
+        .get_batch(batch_parameters={"dataframe": frame})
+    result = batch.validate(suite, expectation_parameters=params,
+                            result_format={"result_format": "COMPLETE" if rows else "SUMMARY"})
+    source.delete_asset(asset_name)
+    by_name = {res.expectation_config.meta["name"]: res for res in result.results}  # GX reorders results
+    return [(e, by_name[e["meta"]["name"]]) for e in expectations]
 
 
 def _parameters_in(expectation: dict) -> set[str]:
@@ -410,24 +427,86 @@ def check(events: ev.ParsedEvents, users: pd.DataFrame | None, movies: pd.DataFr
 
 def audit(ctx) -> AuditResult:
     """The registered audit: the suites on the run's window of stored data."""
-    # Read here, not kept on the run's context: the window's frames are the largest thing a run
-    # holds, and no other audit needs them.
-    window = ctx.store.window(ctx.since, ctx.until)
-    # Lines quarantined at ingestion have no time: those of the sources this window's events
-    # came from stand for the window's malformed lines.
-    quarantined = ctx.store.quarantine_of_window(ctx.since, ctx.until)
-    if not (len(window.watches) or len(window.ratings) or len(window.recommendations) or len(quarantined)):
+    by_rule = pushdown.quarantined_by_rule(ctx.store, ctx.since, ctx.until)
+    if not by_rule and not pushdown.window_rows(ctx.store, ctx.since, ctx.until):
         return AuditResult("validation", status="insufficient_data",
                            details={"note": "no events and no quarantined lines in the window"})
+    outcomes, read = stored_outcomes(ctx.store, ctx.since, ctx.until, ctx.config)
+    out = result(outcomes, {"read": read})
     # Events `ingest --validate` quarantined failed an expectation, not the log's format.
-    by_rule = quarantined["reason"].str.startswith(QUARANTINED_BY)
-    parsed = ev.ParsedEvents(window.watches, window.ratings, window.recommendations, window.items,
-                             quarantined[~by_rule], lines=0)
-    out = check(parsed, window.users, window.movies, ctx.since, ctx.until, ctx.config)
-    for reason, n in quarantined.loc[by_rule, "reason"].value_counts().items():
+    for reason, n in by_rule:
         name = reason.removeprefix(QUARANTINED_BY)
         out.metrics[f"validation.quarantined.{name}"] = float(n)
         out.findings.append(Finding("validation", f"validation.quarantined.{name}", "info",
                                     f"{n:,} events failing {name} were quarantined at ingestion", value=float(n),
                                     kind="quarantined_by_expectation"))
     return out
+
+
+def stored_outcomes(store, since, until, config: dict, push_down: bool = True) -> tuple[list[Outcome], dict]:
+    """The suites' outcomes on the stored rows of [since, until), and what was read for each
+    dataset.
+
+    Each dataset's suite is pushed down to the store (recaudit.audits.pushdown): Great
+    Expectations sees only its suspect rows. One whose suite holds an expectation that cannot be
+    pushed down, or every one when `push_down` is false, is read whole, as a notebook's frames
+    are checked. Empty users and movies tables count as not given. What was read is, by dataset,
+    ``{"rows": ..., "suspects": ...}`` or ``{"whole": why}``.
+    """
+    suites = load_suites(config["validation"]["suite_dir"])
+    n_movies, n_users = store.count("movies"), store.count("users")
+    params = parameters(config, since, until, n_movies or None)
+    given = {"users": n_users > 0, "movies": n_movies > 0}
+    by_dataset: dict[str, list[Outcome]] = {}
+    read: dict[str, dict] = {}
+    for dataset in DATASETS:
+        if dataset not in suites or not given.get(dataset, True):
+            continue
+        runnable, skipped = split(dataset, suites[dataset], params)
+        try:
+            if not push_down:
+                raise pushdown.NotTranslated("asked to")
+            done, read[dataset] = _pushed_down(store, dataset, runnable, params, since, until, n_movies > 0)
+            by_dataset[dataset] = skipped + done
+        except pushdown.NotTranslated as why:
+            read[dataset] = {"whole": str(why)}
+    whole = [d for d, r in read.items() if "whole" in r]
+    if whole:
+        frames = _whole_frames(store, since, until, n_users > 0, n_movies > 0)
+        for o in run_suites({d: frames[d] for d in whole}, params, config["validation"]["suite_dir"]):
+            by_dataset.setdefault(o.dataset, []).append(o)
+    return [o for dataset in DATASETS for o in by_dataset.get(dataset, [])], read
+
+
+def _pushed_down(store, dataset: str, expectations: list[dict], params: dict, since, until,
+                 catalogue: bool) -> tuple[list[Outcome], dict]:
+    """The outcomes of a dataset's runnable expectations from its suspect rows and the store's
+    counts, and how many rows there were and were suspect; NotTranslated when one of them
+    cannot be pushed down."""
+    plan = pushdown.plan(dataset, expectations, params, since, until, catalogue)
+    frame = pushdown.suspects_frame(store, plan)
+    rows, clean = pushdown.clean_counts(store, plan)
+    outcomes = []
+    for expectation, res in _validated(dataset, frame, expectations, params):
+        name = expectation["meta"]["name"]
+        if _raised(res.exception_info) is None:
+            if name in clean:
+                pushdown.complete(res, plan.share_of[name], clean[name],
+                                  pushdown.resolved(expectation["kwargs"].get("mostly", 1.0), params))
+            elif (res.result or {}).get("element_count") is not None:
+                # A column check that looked at values (a column of Python objects): only the
+                # whole frame tells.
+                raise pushdown.NotTranslated(f"{expectation['type']} looks at every value of its column")
+        outcomes.append(_outcome(dataset, expectation, res, frame=frame, params=params))
+    return outcomes, {"rows": rows, "suspects": len(frame)}
+
+
+def _whole_frames(store, since, until, with_users: bool, with_movies: bool) -> dict[str, pd.DataFrame]:
+    """Every dataset's frame of [since, until), read whole from the store."""
+    window = store.window(since, until)
+    quarantined = store.quarantine_of_window(since, until)
+    parsed = ev.ParsedEvents(window.watches, window.ratings, window.recommendations, window.items,
+                             quarantined[~quarantined["reason"].str.startswith(QUARANTINED_BY)], lines=0)
+    catalog = set(window.movies["movie_id"].astype(str)) if with_movies else None
+    return {**event_frames(parsed, catalog),
+            **table_frames(window.users if with_users else None, window.movies if with_movies else None)}

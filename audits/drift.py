@@ -181,15 +181,16 @@ def _genre(src, basis):
 
 
 def _age_group(src, basis):
-    return _by_user(src.active["user_id"], groups.age_group(src.active, basis.config["groups"]["age"]).to_numpy())
+    return _by_user(src.active["user_id"], groups.age_group(src.active, basis.config["groups"]["age"]).to_numpy(),
+                    src.active["days"].to_numpy())
 
 
 def _sex(src, basis):
-    return _by_user(src.active["user_id"], groups.sex(src.active).to_numpy())
+    return _by_user(src.active["user_id"], groups.sex(src.active).to_numpy(), src.active["days"].to_numpy())
 
 
 def _occupation(src, basis):
-    return _by_user(src.active["user_id"], groups.occupation(src.active).to_numpy())
+    return _by_user(src.active["user_id"], groups.occupation(src.active).to_numpy(), src.active["days"].to_numpy())
 
 
 def _attribute(name: str, src, basis):

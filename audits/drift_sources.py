@@ -125,8 +125,9 @@ class SignalSource(ABC):
 
     @abstractmethod
     def active_user_days(self) -> pd.DataFrame:
-        """(user_id, day, age, age_group, gender, occupation): every user active (any event) on
-        a day, once per day, with the user's attributes (missing for users not known)."""
+        """(user_id, days, age, age_group, gender, occupation): every user active (any event) in
+        the window, once, with the number of days they were and their attributes (missing for
+        users not known)."""
 
     @abstractmethod
     def attribute_names(self) -> list[str]:
@@ -226,14 +227,14 @@ class FrameSource(SignalSource):
         days = pd.concat([pd.DataFrame({"user_id": f["user_id"].to_numpy(dtype=np.int64),
                                         "day": activity.days_since_epoch(f["time"])})
                           for f in (self.watches, self.ratings, self.recommendations)]).drop_duplicates()
-        return days.merge(self.users[USER_COLUMNS], on="user_id", how="left").sort_values(["user_id", "day"],
-                                                                                         ignore_index=True)
+        per_user = days.groupby("user_id").size().rename("days").reset_index()
+        return per_user.merge(self.users[USER_COLUMNS], on="user_id", how="left")
 
     def attribute_names(self):
         return attribute_columns(self.users, "users")
 
     def attribute_counts(self, name):
-        days = self.active.groupby("user_id").size().rename("n").reset_index()
+        days = self.active[["user_id", "days"]].rename(columns={"days": "n"})
         values = self.users[["user_id", name]].rename(columns={name: "value"}).astype({"user_id": np.int64})
         return days.merge(values, on="user_id", how="left")[["user_id", "value", "n"]]
 
@@ -314,11 +315,12 @@ class StoreSource(SignalSource):
         return union(days(ratings), days(recommendations), watched).subquery()  # union: distinct
 
     def active_user_days(self):
-        active = self._active()
-        query = (select(active.c.user_id, active.c.day, *(users.c[c] for c in USER_COLUMNS[1:]))
+        active, known = self._active(), [users.c[c] for c in USER_COLUMNS[1:]]
+        # Counted per user in the database: a window of days comes back as one row per user.
+        query = (select(active.c.user_id, func.count().label("days"), *known)
                  .select_from(active.outerjoin(users, users.c.user_id == active.c.user_id))
-                 .order_by(active.c.user_id, active.c.day))
-        return self.store.frame(query).astype({"user_id": np.int64, "day": np.int64, "age_group": object,
+                 .group_by(active.c.user_id, *known).order_by(active.c.user_id))
+        return self.store.frame(query).astype({"user_id": np.int64, "days": np.int64, "age_group": object,
                                                "gender": object, "occupation": object})
 
     def attribute_names(self):

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql.base import PGCompiler, PGTypeCompiler
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.engine import Connection
 
 from recaudit.audits.lake import LAKE_TABLES, ROLLUPS, Lake, arrow_schema, column_types, tables_of
 from recaudit.audits.schema import ingested_sources, lake_files, lake_forgotten, metadata, sql_type
@@ -88,25 +91,41 @@ class LakeReader:
             return _typed(self.backend.run(self.sql(statement)), "postgresql")
 
     def _prepare(self, names: set[str]) -> None:
-        """Views of these tables as the manifest and the database have them now."""
-        with self.store.engine.connect() as conn:
+        """Views of these tables as the manifest and the database have them now: all read in one
+        snapshot, so that an ingest committing meanwhile is seen whole or not at all."""
+        with self.snapshot() as conn:
             generation = (conn.execute(select(func.max(ingested_sources.c.id))).scalar(),
                           conn.execute(select(func.max(lake_files.c.id))).scalar(),
                           conn.execute(select(func.count()).select_from(lake_forgotten)).scalar())
             files = self.lake.files(conn) if any(n in LAKE_TABLES for n in names) else {}
-        forgetting = generation[2] > 0
-        if forgetting and self._views.get("lake_forgotten") != generation:
-            self._copy_in("lake_forgotten")
-            self._views["lake_forgotten"] = generation
-        for name in sorted(names):
-            if name in LAKE_TABLES:
-                made_of = (tuple(files[name]), forgetting and generation)
-                if self._views.get(name) != made_of:
-                    self._view_of_files(name, files[name], forgetting)
-                    self._views[name] = made_of
-            elif self._views.get(name) != generation:
-                self._copy_in(name)
-                self._views[name] = generation
+            forgetting = generation[2] > 0
+            if forgetting and self._views.get("lake_forgotten") != generation:
+                self._copy_in(conn, "lake_forgotten")
+                self._views["lake_forgotten"] = generation
+            for name in sorted(names):
+                if name in LAKE_TABLES:
+                    made_of = (tuple(files[name]), forgetting and generation)
+                    if self._views.get(name) != made_of:
+                        self._view_of_files(name, files[name], forgetting)
+                        self._views[name] = made_of
+                elif self._views.get(name) != generation:
+                    self._copy_in(conn, name)
+                    self._views[name] = generation
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection whose reads all see the database as of its first one. Else an ingest
+        committing between two of them could show a re-read line twice (its new file listed,
+        its taking back not yet copied) or a file's rows without their users."""
+        with self.store.engine.connect() as conn:
+            if self.store.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # in WAL mode a read transaction keeps its snapshot
+            else:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
 
     def _view_of_files(self, name: str, paths: list[str], forgetting: bool) -> None:
         raw = f"lake_{name}"
@@ -120,10 +139,9 @@ class LakeReader:
             body = f"SELECT * FROM {raw}"
         self.backend.view(name, body)
 
-    def _copy_in(self, name: str) -> None:
+    def _copy_in(self, conn: Connection, name: str) -> None:
         table = metadata.tables[name]
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(table)).all()
+        rows = conn.execute(select(table)).all()
         types = table_types(name)
         self.backend.frame_table(name, pd.DataFrame.from_records(rows, columns=list(types)), types)
 

@@ -31,11 +31,28 @@ a custom suite is slower, never answered differently.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import (
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy import Text as TextType
-from sqlalchemy import and_, case, cast, func, literal, not_, null, or_, select, union_all
 
 from recaudit.audits.events import between
 from recaudit.audits.schema import (
@@ -193,13 +210,48 @@ def _row_condition(kwargs: dict, columns) -> object:
             or condition.get("type") != "comparison" or condition.get("operator") not in _COMPARISONS:
         raise NotTranslated("a row condition other than one comparison")
     column = _column(columns, (condition.get("column") or {}).get("name"))
-    return getattr(column, _COMPARISONS[condition["operator"]])(condition.get("parameter"))
+    operator, value = condition["operator"], _literal(column, condition.get("parameter"))
+    compared = getattr(column, _COMPARISONS[operator])(value)
+    # pandas holds a missing value unequal to anything; SQL's NULL compares to nothing.
+    return or_(compared, column.is_(None)) if operator == "!=" else compared
 
 
-def _column(columns, name):
+# Columns whose values in the frame are of two types (an age, or else a MovieLens age group):
+# SQL compares them as text, so only their nulls are checked there.
+NULLS_ONLY = {"age_or_group"}
+
+
+def _column(columns, name, values: bool = True):
+    """A column by name; `values` when a check compares its values (not only its nulls)."""
     if name not in columns:
         raise NotTranslated(f"no column {name}")  # Great Expectations says so, on the whole frame
+    if values and name in NULLS_ONLY:
+        raise NotTranslated(f"{name} holds values of two types")
     return columns[name]
+
+
+def _kind(column) -> str | None:
+    """What kind of Python value a column's values compare with: number, text or time."""
+    t = getattr(column.type, "impl", column.type)  # a TypeDecorator (UTCTime) by what it stores
+    if isinstance(t, (Integer, Float, Numeric)):
+        return "number"
+    if isinstance(t, String):
+        return "text"
+    if isinstance(t, DateTime):
+        return "time"
+    return None
+
+
+def _literal(column, value):
+    """A value a column is compared with, when SQL compares them as pandas would: a value of
+    another kind (the text "200" against integers, None in a set) is left to the whole frame."""
+    kind = _kind(column)
+    ok = {"number": lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)),
+          "text": lambda v: isinstance(v, str),
+          "time": lambda v: isinstance(v, (pd.Timestamp, datetime))}
+    if kind is None or not ok[kind](value):
+        raise NotTranslated(f"{value!r} compared with a column of {kind or 'unknown'} values")
+    return value
 
 
 def translate(expectation: dict, columns, params: dict) -> Condition:
@@ -214,24 +266,28 @@ def translate(expectation: dict, columns, params: dict) -> Condition:
     name = expectation["meta"]["name"]
     share_of = ROW_CHECKS[kind][0]
     if kind == "expect_column_values_to_not_be_null":
-        return Condition(name, domain, _column(columns, kwargs["column"]).is_(None), share_of)
+        return Condition(name, domain, _column(columns, kwargs["column"], values=False).is_(None), share_of)
     if kind == "expect_column_values_to_be_null":
-        return Condition(name, domain, _column(columns, kwargs["column"]).isnot(None), share_of)
+        return Condition(name, domain, _column(columns, kwargs["column"], values=False).isnot(None), share_of)
     if kind == "expect_column_values_to_be_between":
         c = _column(columns, kwargs["column"])
         low, high = resolved(kwargs.get("min_value"), params, "up"), resolved(kwargs.get("max_value"), params, "down")
         outside = [c.is_(None)]
         if low is not None:
+            low = _literal(c, low)
             outside.append(c <= low if kwargs.get("strict_min") else c < low)
         if high is not None:
+            high = _literal(c, high)
             outside.append(c >= high if kwargs.get("strict_max") else c > high)
         return Condition(name, domain, or_(*outside), share_of)
     if kind == "expect_column_values_to_be_in_set":
         c = _column(columns, kwargs["column"])
-        return Condition(name, domain, or_(c.is_(None), c.not_in(list(resolved(kwargs["value_set"], params)))),
-                         share_of)
+        values = [_literal(c, resolved(v, params)) for v in resolved(kwargs["value_set"], params)]
+        return Condition(name, domain, or_(c.is_(None), c.not_in(values)), share_of)
     if kind == "expect_column_pair_values_to_be_equal":
         a, b = _column(columns, kwargs["column_A"]), _column(columns, kwargs["column_B"])
+        if _kind(a) is None or _kind(a) != _kind(b):
+            raise NotTranslated(f"{kwargs['column_A']} and {kwargs['column_B']} hold values of different kinds")
         return Condition(name, domain, or_(a.is_(None), b.is_(None), a != b), share_of)
     keys = [kwargs["column"]] if kind == "expect_column_values_to_be_unique" else list(kwargs["column_list"])
     present = [_column(columns, k) for k in keys]
@@ -282,19 +338,35 @@ def plan(dataset: str, suite: list[dict], params: dict, since, until, catalogue:
     repeats = _repeated_keys(suite, inner.c)
     rows = select(*inner.c, *repeats).subquery("rows") if repeats else inner
     conditions = [translate(e, rows.c, params) for e in suite if e["type"] in ROW_CHECKS]
-    frame_columns = [rows.c[c.name] for c in inner.c]
-    # A row any condition holds for is in the suspects' frame, so each check counts it there.
+    # A row any condition holds for is in the suspects' frame, so each check counts it there;
+    # each domain's suspects are told by a column of their own, and its rows counted without the
+    # window counts of repeated keys (the costly part), so that these are computed once.
     suspect = or_(*(c.suspect for c in conditions)) if conditions else literal(False)
-    suspects = select(*frame_columns).where(suspect).order_by(*(rows.c[o] for o in b.order))
-    counts = select(func.count().label("rows"), *(
-        func.sum(case((and_(*([c.domain] if c.domain is not None else []), not_(suspect)), 1), else_=0))
-        .label(f"clean_{i}") for i, c in enumerate(conditions))).select_from(rows)
+    domains = [case((c.domain, 1), else_=0).label(f"_domain_{i}") for i, c in enumerate(conditions)
+               if c.domain is not None]
+    suspects = (select(*(rows.c[c.name] for c in inner.c), *domains).where(suspect)
+                .order_by(*(rows.c[o] for o in b.order)))
+    plain = [translate(e, inner.c, params).domain if e["kwargs"].get("row_condition") is not None else None
+             for e in suite if e["type"] in ROW_CHECKS]
+    counts = select(func.count().label("rows"), *(  # a sum of no rows is NULL (NaN on the engines): 0
+        func.coalesce(func.sum(case((d, 1), else_=0)), 0).label(f"domain_{i}")
+        for i, d in enumerate(plain) if d is not None)).select_from(inner)
     return Plan(suspects, counts, conditions, b)
 
 
-def suspects_frame(store, p: Plan) -> pd.DataFrame:
-    """The suspects, typed as the whole frame would be."""
-    df = store.frame(p.suspects).drop(columns=p.base.hidden)
+def fetch(store, p: Plan) -> tuple[pd.DataFrame, int, dict[str, int]]:
+    """The suspects, typed as the whole frame would be; the dataset's rows; and per row check,
+    how many rows of its domain the suspects leave out."""
+    df = store.frame(p.suspects)
+    totals = store.frame(p.counts).iloc[0]
+    rows = int(totals["rows"])
+    clean = {}
+    for i, c in enumerate(p.conditions):
+        if c.domain is None:
+            clean[c.name] = rows - len(df)
+        else:
+            clean[c.name] = int(totals[f"domain_{i}"]) - int(df[f"_domain_{i}"].sum())
+    df = df.drop(columns=[*p.base.hidden, *(c for c in df.columns if c.startswith("_domain_"))])
     for column, dtype in p.base.types.items():
         if column in df:
             df[column] = df[column].astype(dtype)
@@ -302,13 +374,7 @@ def suspects_frame(store, p: Plan) -> pd.DataFrame:
         at = len(df.columns) - len(p.base.derived)
         for i, name in enumerate(store.attribute_names(p.base.attributes)):
             df.insert(at + i, name, pd.Series([None] * len(df), dtype=object, index=df.index))
-    return df.reset_index(drop=True)
-
-
-def clean_counts(store, p: Plan) -> tuple[int, dict[str, int]]:
-    """The dataset's rows, and per row check how many rows of its domain the suspects leave out."""
-    row = store.frame(p.counts).iloc[0]
-    return int(row["rows"]), {c.name: int(row[f"clean_{i}"] or 0) for i, c in enumerate(p.conditions)}
+    return df.reset_index(drop=True), rows, clean
 
 
 def complete(res, share_of: str, clean: int, mostly: float) -> None:

@@ -484,8 +484,7 @@ def _pushed_down(store, dataset: str, expectations: list[dict], params: dict, si
     counts, and how many rows there were and were suspect; NotTranslated when one of them
     cannot be pushed down."""
     plan = pushdown.plan(dataset, expectations, params, since, until, catalogue)
-    frame = pushdown.suspects_frame(store, plan)
-    rows, clean = pushdown.clean_counts(store, plan)
+    frame, rows, clean = pushdown.fetch(store, plan)
     outcomes = []
     for expectation, res in _validated(dataset, frame, expectations, params):
         name = expectation["meta"]["name"]

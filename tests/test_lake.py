@@ -224,3 +224,27 @@ def test_two_stores_of_one_process_read_their_own_lakes_on_spark(tmp_path, spark
     assert [len(s.read("ratings")) for s in stores + stores] == [3, 1, 3, 1]
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("manifest_db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_query_sees_the_manifest_and_the_tables_it_copies_in_as_of_one_moment(request, manifest_db, tmp_path,
+                                                                                small_world):
+    """What a concurrent ingest commits between the reader's reads of the database (the files
+    listed, the lines taken back, the users copied in) is seen by all of them or by none: else
+    one query could count a re-read line twice, or a file's rows without their users."""
+    url = (f"sqlite:///{tmp_path / 'manifest.db'}" if manifest_db == "sqlite"
+           else request.getfixturevalue("postgres_schema_url"))
+    store = st.Store(url, lake=str(tmp_path / "lake"))
+    ingest(store, [str(small_world)])
+    other = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    count = select(func.count()).select_from(lake_files)
+    with store.reader.snapshot() as conn:
+        before = conn.execute(count).scalar()
+        with other.begin() as writer:  # another process's ingest commits meanwhile
+            writer.execute(lake_files.insert().values(table_name="watches", day="2024-01-09", path="x.parquet",
+                                                      source_id=1, rows=0))
+        assert conn.execute(count).scalar() == before
+    with store.reader.snapshot() as conn:
+        assert conn.execute(count).scalar() == before + 1
+    other.dispose()
+    store.close()

@@ -154,6 +154,10 @@ def test_a_teams_suite_of_mostly_row_conditions_and_repeated_keys_is_answered_as
                row_condition={"type": "comparison", "column": {"name": "status"}, "operator": "!=",
                               "parameter": 200}),
             _e("expect_column_values_to_be_null", "no_error_mostly", column="error", mostly=0.9),
+            _e("expect_column_values_to_be_between", "fast_unless_timed_out", column="latency_ms", max_value=8,
+               row_condition={"type": "comparison", "column": {"name": "error"}, "operator": "!=",
+                              "parameter": "timeout"}),
+            _e("expect_column_values_to_be_unique", "one_list_per_line", column="line", row_condition=None),
             _e("expect_column_pair_values_to_be_equal", "user_is_list_length", column_A="user_id",
                column_B="n_items", row_condition={"type": "comparison", "column": {"name": "latency_ms"},
                                                   "operator": ">=", "parameter": 7})],
@@ -170,22 +174,64 @@ def test_a_teams_suite_of_mostly_row_conditions_and_repeated_keys_is_answered_as
     assert all(o["unexpected_count"] for o in mostly.values()), mostly  # rows failed, yet not enough to fail
 
 
+CANNOT = {  # expectation -> why its dataset is read whole
+    "ratings": (_e("expect_column_mean_to_be_between", "ratings_average", column="rating", min_value=4.5),
+                "expect_column_mean_to_be_between"),
+    "recommendations": (_e("expect_column_values_to_be_in_type_list", "error_is_text", column="error",
+                           type_list=["str"]), "expect_column_values_to_be_in_type_list looks at every value of its "
+                                           "column"),
+    "watches": (_e("expect_column_values_to_not_be_null", "region_known", column="region"), "no column region"),
+    "users": (_e("expect_column_values_to_be_in_set", "occupation_listed", column="occupation",
+                 value_set=["writer", "other", None]), "None compared with a column of text values"),
+}
+OTHER_KINDS = [  # SQL would compare these unlike pandas: text against integers, a column of ints and texts
+    ("recommendations", _e("expect_column_values_to_be_in_set", "status_as_text", column="status",
+                           value_set=["200", "299"]), "'200' compared with a column of number values"),
+    ("users", _e("expect_column_values_to_be_in_set", "age_or_group_listed", column="age_or_group",
+                 value_set=[34, 22]), "age_or_group holds values of two types"),
+    ("recommendations", _e("expect_column_values_to_be_between", "fast_when_status_text", column="latency_ms",
+                           max_value=6, row_condition={"type": "comparison", "column": {"name": "status"},
+                                                       "operator": "==", "parameter": "200"}),
+     "'200' compared with a column of number values"),
+]
+
+
 def test_a_suite_the_store_cannot_answer_in_sql_has_that_dataset_read_whole_and_says_why(store, sources, tmp_path):
     ingest(store, sources)
-    config = _with_extra(tmp_path, {
-        "ratings": [_e("expect_column_mean_to_be_between", "ratings_average", column="rating", min_value=4.5)],
-        "recommendations": [_e("expect_column_values_to_be_in_type_list", "error_is_text", column="error",
-                               type_list=["str"])],
-        "watches": [_e("expect_column_values_to_not_be_null", "region_known", column="region")],
-    })
+    config = _with_extra(tmp_path, {dataset: [e] for dataset, (e, _why) in CANNOT.items()})
     pushed, whole, read = both_ways(store, DAY, NEXT, config)
     assert pushed == whole
-    assert read["ratings"] == {"whole": "expect_column_mean_to_be_between"}
-    assert read["recommendations"] == {"whole": "expect_column_values_to_be_in_type_list looks at every value of "
-                                                "its column"}
-    assert read["watches"] == {"whole": "no column region"}
-    assert "whole" not in read["users"] and "whole" not in read["log"]
-    assert {"ratings.ratings_average", "watches.region_known"} <= failed(pushed)
+    assert {d: read[d] for d in CANNOT} == {d: {"whole": why} for d, (_e, why) in CANNOT.items()}
+    assert "whole" not in read["movies"] and "whole" not in read["log"]
+    assert {"ratings.ratings_average", "watches.region_known", "users.occupation_listed"} <= failed(pushed)
+
+
+@pytest.mark.parametrize("dataset, expectation, why", OTHER_KINDS, ids=[e["meta"]["name"] for _d, e, _w in OTHER_KINDS])
+def test_values_sql_would_compare_unlike_pandas_have_their_dataset_read_whole(store, sources, tmp_path, dataset,
+                                                                              expectation, why):
+    ingest(store, sources)
+    pushed, whole, read = both_ways(store, DAY, NEXT, _with_extra(tmp_path, {dataset: [expectation]}))
+    assert pushed == whole
+    assert read[dataset] == {"whole": why}
+
+
+@pytest.fixture
+def without_lists(request, tmp_path):
+    """A day of watches alone: the recommendations' row-conditioned checks have no rows."""
+    store = _open(request, tmp_path)
+    (tmp_path / "w.log").write_bytes(FAULTY_LOG.splitlines(keepends=True)[0] + FAULTY_LOG.splitlines(keepends=True)[1])
+    ingest(store, [str(tmp_path / "w.log")])
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("without_lists", BACKENDS, indirect=True)
+def test_a_dataset_with_no_rows_in_the_window_is_validated_as_empty_on_every_backend(without_lists):
+    pushed, whole, read = both_ways(without_lists, DAY, NEXT)
+    assert pushed == whole
+    assert read["recommendations"] == {"rows": 0, "suspects": 0}
+    lists = [o for o in pushed if o["name"] == "list_has_list_length_movies"]
+    assert lists[0]["success"] is True and lists[0]["element_count"] == 0
 
 
 def test_the_validation_audit_reports_what_it_read(store, sources, tmp_path):

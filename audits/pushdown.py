@@ -254,9 +254,10 @@ def _literal(column, value):
     return value
 
 
-def translate(expectation: dict, columns, params: dict) -> Condition:
+def translate(expectation: dict, columns, params: dict, repeated=None) -> Condition:
     """An expectation of ROW_CHECKS as a Condition over `columns` (a select's columns, by
-    name); NotTranslated for any other, or for an option it does not know."""
+    name); NotTranslated for any other, or for an option it does not know. `repeated` is, for a
+    uniqueness check, a column that is not null where the row's key occurs more than once."""
     kind, kwargs = expectation["type"], expectation["kwargs"]
     if kind not in ROW_CHECKS or set(kwargs) - ROW_CHECKS[kind][1] - ANY_KWARGS:
         raise NotTranslated(kind)
@@ -289,22 +290,28 @@ def translate(expectation: dict, columns, params: dict) -> Condition:
         if _kind(a) is None or _kind(a) != _kind(b):
             raise NotTranslated(f"{kwargs['column_A']} and {kwargs['column_B']} hold values of different kinds")
         return Condition(name, domain, or_(a.is_(None), b.is_(None), a != b), share_of)
-    keys = [kwargs["column"]] if kind == "expect_column_values_to_be_unique" else list(kwargs["column_list"])
-    present = [_column(columns, k) for k in keys]
+    present = [_column(columns, k) for k in _keys(expectation)]
     # Every row of a repeated key is a suspect, so that the suspects hold each repetition whole.
-    return Condition(name, None, or_(*(c.is_(None) for c in present), columns[f"_repeats_{name}"] > 1),
-                     share_of)
+    return Condition(name, None, or_(*(c.is_(None) for c in present), repeated.isnot(None)), share_of)
 
 
-def _repeated_keys(suite: list[dict], columns) -> list:
-    """For each uniqueness expectation, how often each row's key occurs (a window count)."""
-    out = []
-    for e in suite:
-        if e["type"] in _UNIQUE:
-            keys = [e["kwargs"]["column"]] if e["type"] == _UNIQUE[0] else list(e["kwargs"]["column_list"])
-            out.append(func.count().over(partition_by=[_column(columns, k) for k in keys])
-                       .label(f"_repeats_{e['meta']['name']}"))
-    return out
+def _keys(expectation: dict) -> list[str]:
+    kwargs = expectation["kwargs"]
+    return [kwargs["column"]] if expectation["type"] == _UNIQUE[0] else list(kwargs["column_list"])
+
+
+def _with_repeated_keys(suite: list[dict], rows) -> tuple[object, dict]:
+    """The rows joined, for each uniqueness check, to the keys that occur more than once
+    (grouped by a hash, not sorted, so that a window of many days fits in memory); and per
+    check, the joined count (null where the key is unique or missing)."""
+    joined, repeated = rows, {}
+    for i, e in enumerate(x for x in suite if x["type"] in _UNIQUE):
+        keys = [_column(rows.c, k) for k in _keys(e)]
+        repeats = (select(*keys, func.count().label("n")).group_by(*keys).having(func.count() > 1)
+                   .subquery(f"repeats_{i}"))
+        joined = joined.outerjoin(repeats, and_(*(repeats.c[k.name] == k for k in keys)))
+        repeated[e["meta"]["name"]] = repeats.c.n
+    return joined, repeated
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -335,22 +342,20 @@ def plan(dataset: str, suite: list[dict], params: dict, since, until, catalogue:
                 raise NotTranslated(kind)
         elif kind not in ROW_CHECKS:
             raise NotTranslated(kind)
-    repeats = _repeated_keys(suite, inner.c)
-    rows = select(*inner.c, *repeats).subquery("rows") if repeats else inner
-    conditions = [translate(e, rows.c, params) for e in suite if e["type"] in ROW_CHECKS]
+    joined, repeated = _with_repeated_keys(suite, inner)
+    conditions = [translate(e, inner.c, params, repeated.get(e["meta"]["name"]))
+                  for e in suite if e["type"] in ROW_CHECKS]
     # A row any condition holds for is in the suspects' frame, so each check counts it there;
-    # each domain's suspects are told by a column of their own, and its rows counted without the
-    # window counts of repeated keys (the costly part), so that these are computed once.
+    # each domain's suspects are told by a column of their own, and its rows are counted from the
+    # rows alone, without the repeated keys' join.
     suspect = or_(*(c.suspect for c in conditions)) if conditions else literal(False)
     domains = [case((c.domain, 1), else_=0).label(f"_domain_{i}") for i, c in enumerate(conditions)
                if c.domain is not None]
-    suspects = (select(*(rows.c[c.name] for c in inner.c), *domains).where(suspect)
-                .order_by(*(rows.c[o] for o in b.order)))
-    plain = [translate(e, inner.c, params).domain if e["kwargs"].get("row_condition") is not None else None
-             for e in suite if e["type"] in ROW_CHECKS]
+    suspects = (select(*inner.c, *domains).select_from(joined).where(suspect)
+                .order_by(*(inner.c[o] for o in b.order)))
     counts = select(func.count().label("rows"), *(  # a sum of no rows is NULL (NaN on the engines): 0
-        func.coalesce(func.sum(case((d, 1), else_=0)), 0).label(f"domain_{i}")
-        for i, d in enumerate(plain) if d is not None)).select_from(inner)
+        func.coalesce(func.sum(case((c.domain, 1), else_=0)), 0).label(f"domain_{i}")
+        for i, c in enumerate(conditions) if c.domain is not None)).select_from(inner)
     return Plan(suspects, counts, conditions, b)
 
 

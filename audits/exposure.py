@@ -436,9 +436,11 @@ def audit(ctx) -> AuditResult:
     """The registered audit over the store's window."""
     store, since, until = ctx.store, ctx.since, ctx.until
     horizon = ctx.config["online"]["success_horizon"]
-    # The users grouped are those of the requests judged, read from the database by that span.
-    judged = online.judged_span(since, until, store.latest_event_time(), horizon)
-    return assess(online.followed_requests(store, since, until, horizon),
+    # The users grouped are those of the requests judged, read from the database by that span;
+    # the latest event is read once, so that an ingest meanwhile cannot widen the one span only.
+    latest = store.latest_event_time()
+    judged = online.judged_span(since, until, latest, horizon)
+    return assess(online.followed_requests(store, since, until, horizon, latest=latest),
                   slots_by_user(store, since, until), activity.watch_sessions(store, since, until),
                   activity.watch_sessions(store, since - (until - since), since),
                   store.users_of(*judged, recommendations), store.read("movies"), ctx.config)

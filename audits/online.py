@@ -137,10 +137,12 @@ def judged_span(since, until, latest, horizon: str = HORIZON) -> tuple[pd.Timest
     return since - h, max(since, reach) - h
 
 
-def followed_requests(store, since, until, horizon: str = HORIZON) -> pd.DataFrame:
+def followed_requests(store, since, until, horizon: str = HORIZON, latest=None) -> pd.DataFrame:
     """`follow_ups` of the stored requests the window [since, until) judges (`judged_span`):
-    those whose horizon ends in the window, by the latest stored event."""
-    first, last = judged_span(since, until, store.latest_event_time(), horizon)
+    those whose horizon ends in the window, by the latest stored event (`latest`, when the
+    caller read it already)."""
+    latest = store.latest_event_time() if latest is None else latest
+    first, last = judged_span(since, until, latest, horizon)
     return _followed_in_store(store, store.read("recommendations", first, last), first, last, horizon)
 
 

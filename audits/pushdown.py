@@ -36,10 +36,12 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Float,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     and_,
     case,
@@ -242,16 +244,26 @@ def _kind(column) -> str | None:
     return None
 
 
+# The range of each integer type: SQL binds a value with its column's type, so a value outside
+# it (or with a fraction) would be an error or be rounded, not compared.
+_INTEGER_RANGES = ((SmallInteger, 2 ** 15), (BigInteger, 2 ** 63), (Integer, 2 ** 31))
+
+
 def _literal(column, value):
     """A value a column is compared with, when SQL compares them as pandas would: a value of
-    another kind (the text "200" against integers, None in a set) is left to the whole frame."""
+    another kind (the text "200" against integers, None in a set, 2.5 against integers, a
+    number beyond the column's type) is left to the whole frame."""
     kind = _kind(column)
-    ok = {"number": lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)),
-          "text": lambda v: isinstance(v, str),
-          "time": lambda v: isinstance(v, (pd.Timestamp, datetime))}
-    if kind is None or not ok[kind](value):
-        raise NotTranslated(f"{value!r} compared with a column of {kind or 'unknown'} values")
-    return value
+    if kind == "number" and isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        t = getattr(column.type, "impl", column.type)
+        limit = next((n for cls, n in _INTEGER_RANGES if isinstance(t, cls)), None)
+        if limit is None:
+            return float(value)
+        if float(value).is_integer() and -limit <= value < limit:
+            return int(value)
+    elif kind == "text" and isinstance(value, str) or kind == "time" and isinstance(value, (pd.Timestamp, datetime)):
+        return value
+    raise NotTranslated(f"{value!r} compared with a column of {kind or 'unknown'} values")
 
 
 def translate(expectation: dict, columns, params: dict, repeated=None) -> Condition:

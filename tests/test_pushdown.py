@@ -184,11 +184,16 @@ CANNOT = {  # expectation -> why its dataset is read whole
     "users": (_e("expect_column_values_to_be_in_set", "occupation_listed", column="occupation",
                  value_set=["writer", "other", None]), "None compared with a column of text values"),
 }
-OTHER_KINDS = [  # SQL would compare these unlike pandas: text against integers, a column of ints and texts
+OTHER_KINDS = [  # SQL would compare these unlike pandas: text against integers, a column of ints and texts,
+    # a fraction or a number beyond the column's type (bound with the column's type)
     ("recommendations", _e("expect_column_values_to_be_in_set", "status_as_text", column="status",
                            value_set=["200", "299"]), "'200' compared with a column of number values"),
     ("users", _e("expect_column_values_to_be_in_set", "age_or_group_listed", column="age_or_group",
                  value_set=[34, 22]), "age_or_group holds values of two types"),
+    ("ratings", _e("expect_column_values_to_be_between", "above_two_and_a_half", column="rating", min_value=2.5),
+     "2.5 compared with a column of number values"),  # bound as an integer, it would be rounded
+    ("recommendations", _e("expect_column_values_to_be_between", "under_ten_billion_ms", column="latency_ms",
+                           max_value=10 ** 10), "10000000000 compared with a column of number values"),
     ("recommendations", _e("expect_column_values_to_be_between", "fast_when_status_text", column="latency_ms",
                            max_value=6, row_condition={"type": "comparison", "column": {"name": "status"},
                                                        "operator": "==", "parameter": "200"}),

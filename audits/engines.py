@@ -13,6 +13,9 @@ the same way by both, and the frames they give back are the database's.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from recaudit.audits.schema import ingested_sources, lake_files, lake_forgotten,
 from recaudit.audits.urls import ENGINE_ENV, ENGINES
 
 SPARK_MASTER_ENV = "RECAUDIT_SPARK_MASTER"
+DUCKDB_MEMORY_ENV = "RECAUDIT_DUCKDB_MEMORY"  # DuckDB's memory_limit ("6GB"); unset: its own, 80% of RAM
 
 
 class _LakeCompiler(PGCompiler):
@@ -156,6 +160,16 @@ class DuckDBBackend:
         import duckdb
 
         self.con = duckdb.connect()
+        # What DuckDB spills when a query outgrows its memory goes to a directory of its own,
+        # not to `.tmp` in the working directory (DuckDB's default).
+        self.spill = tempfile.mkdtemp(prefix="recaudit-duckdb-")
+        self.con.execute(f"SET temp_directory = '{self.spill}'")
+        limit = os.environ.get(DUCKDB_MEMORY_ENV, "").strip()
+        if limit:
+            if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", limit, re.IGNORECASE):
+                self.close()
+                raise ValueError(f"${DUCKDB_MEMORY_ENV} is {limit!r}: give an amount such as 6GB or 512MB")
+            self.con.execute(f"SET memory_limit = '{limit}'")  # matched above: no quote can be in it
 
     def files(self, name: str, paths: list[str], types: dict[str, str], lake: Lake) -> None:
         import pyarrow.dataset as ds
@@ -181,6 +195,7 @@ class DuckDBBackend:
 
     def close(self) -> None:
         self.con.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
 
 
 _SPARK = None

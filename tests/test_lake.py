@@ -248,3 +248,24 @@ def test_a_query_sees_the_manifest_and_the_tables_it_copies_in_as_of_one_moment(
         assert conn.execute(count).scalar() == before + 1
     other.dispose()
     store.close()
+
+
+def test_duckdb_keeps_to_the_memory_it_is_given_and_spills_outside_the_working_directory(
+        recaudit_bin, tmp_path, small_world, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECAUDIT_DUCKDB_MEMORY", "300MB")
+    store = lake_store(tmp_path)
+    ingest(store, [str(small_world)])
+    con = store.reader.backend.con
+    (limit, spill), = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchall()
+    assert limit.endswith("MiB") and float(limit.split()[0]) < 300
+    assert not spill.startswith(str(tmp_path)) and Path(spill).is_dir()
+    assert len(store.read("watches")) > 1000
+    store.close()
+    assert not Path(spill).exists() and not (tmp_path / ".tmp").exists()
+    monkeypatch.setenv("RECAUDIT_DUCKDB_MEMORY", "plenty")
+    done = run_cli(recaudit_bin, "audit", "--db", str(tmp_path / "recaudit.db"), "--lake", str(tmp_path / "lake"))
+    assert done.returncode == 2 and b"Traceback" not in done.stderr
+    said = done.stderr.decode().strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("error: cannot open ") and \
+        said[0].endswith(": $RECAUDIT_DUCKDB_MEMORY is 'plenty': give an amount such as 6GB or 512MB")

@@ -257,7 +257,8 @@ def test_duckdb_keeps_to_the_memory_it_is_given_and_spills_outside_the_working_d
     store = lake_store(tmp_path)
     ingest(store, [str(small_world)])
     con = store.reader.backend.con
-    (limit, spill), = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchall()
+    (limit, spill), = con.execute("SELECT current_setting('memory_limit'), "
+                                  "current_setting('temp_directory')").fetchall()
     assert limit.endswith("MiB") and float(limit.split()[0]) < 300
     assert not spill.startswith(str(tmp_path)) and Path(spill).is_dir()
     assert len(store.read("watches")) > 1000

@@ -72,15 +72,19 @@ class Store(EventStore, HistoryStore):
     into frames, and the history of runs, jobs and models."""
 
     def __init__(self, url: str | None = None, lake: str | None = None, engine: str | None = None,
-                 settings: dict | None = None):
+                 settings: dict | None = None, events: bool = True):
         """`url` as `resolve_url` reads it; `lake` and `engine` as `resolve_lake` and
-        `resolve_engine` read them, `settings` being the configuration's `store` table."""
+        `resolve_engine` read them, `settings` being the configuration's `store` table. Without
+        `events`, the store is for its history alone (runs, jobs, alerts): no lake is opened and
+        no event read, so a job that failed to open its events is recorded all the same."""
         self.url = resolve_url(url)
         self.engine: Engine = connect(self.url)
         where = self.engine.url
         migrations.upgrade(self.engine, where.database if self.dialect == "sqlite" else
                            where.render_as_string(hide_password=True))
         self.lake, self.reader = None, None
+        if not events:
+            return
         settings = settings or {}
         location = resolve_lake(lake, settings.get("lake"))
         if location is not None:  # events in Parquet files, read by an engine (recaudit.audits.lake)

@@ -124,7 +124,10 @@ def run_job(name: str, db: str, config_path: str | None = None) -> str:
             settings, broken = config.load(config_path), None
         except Exception as exc:
             settings, broken = None, exc
-        store = Store(db, settings=(settings or config.DEFAULTS)["store"])
+        try:  # where the events are cannot be opened (a lake refused or unreadable): recorded too
+            store = Store(db, settings=(settings or config.DEFAULTS)["store"])
+        except (ValueError, OSError) as exc:
+            store, broken = Store(db, events=False), broken or exc
         run["id"] = store.start_job(name, run["started_at"])
         try:
             if broken is not None:

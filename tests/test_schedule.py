@@ -112,6 +112,23 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(recaudit_bin, tmp_pa
     assert runs.status.tolist() == ["failed", "ok"] and "no such file" in runs.detail[0]
 
 
+def test_a_job_whose_events_cannot_be_opened_is_recorded_as_failed_with_why(tmp_path, small_world, monkeypatch):
+    """The settings file lost its store.lake meanwhile: the job's store refuses a database whose
+    events are in a lake, and the failure is in job_runs, not only in APScheduler's log."""
+    from recaudit.audits.store import Store
+
+    monkeypatch.delenv("RECAUDIT_LAKE", raising=False)
+    db = str(tmp_path / "l.db")
+    with_lake = Store(db, lake=str(tmp_path / "lake"))
+    ingest(with_lake, [str(small_world / "events.log")])
+    with_lake.close()
+    config_path = write_config(tmp_path, "report")
+    assert service.run_job("report", db, config_path) == "failed"
+    runs = job_runs(Store(db, events=False))
+    assert runs.job.tolist() == ["report"] and runs.status.tolist() == ["failed"]
+    assert "are in a lake: open it with --lake" in runs.detail[0]
+
+
 def test_an_empty_watched_directory_is_nothing_new_and_its_files_are_ingested_once_they_arrive(recaudit_bin,
                                                                                               tmp_path):
     stream = tmp_path / "stream"

@@ -350,7 +350,7 @@ def plan(dataset: str, suite: list[dict], params: dict, since, until, catalogue:
     for e in suite:
         kind = e["type"]
         if kind in COLUMN_CHECKS:
-            if set(e["kwargs"]) - COLUMN_CHECKS[kind] - ANY_KWARGS or "row_condition" in e["kwargs"]:
+            if set(e["kwargs"]) - COLUMN_CHECKS[kind] - ANY_KWARGS or e["kwargs"].get("row_condition") is not None:
                 raise NotTranslated(kind)
         elif kind not in ROW_CHECKS:
             raise NotTranslated(kind)

@@ -462,17 +462,18 @@ def stored_outcomes(store, since, until, config: dict, push_down: bool = True) -
     for dataset in DATASETS:
         if dataset not in suites or not given.get(dataset, True):
             continue
+        if not push_down:
+            read[dataset] = {"whole": "asked to"}
+            continue
         runnable, skipped = split(dataset, suites[dataset], params)
         try:
-            if not push_down:
-                raise pushdown.NotTranslated("asked to")
             done, read[dataset] = _pushed_down(store, dataset, runnable, params, since, until, n_movies > 0)
             by_dataset[dataset] = skipped + done
         except pushdown.NotTranslated as why:
             read[dataset] = {"whole": str(why)}
     whole = [d for d, r in read.items() if "whole" in r]
     if whole:
-        frames = _whole_frames(store, since, until, n_users > 0, n_movies > 0)
+        frames = _whole_frames(store, since, until, whole, n_movies > 0)
         for o in run_suites({d: frames[d] for d in whole}, params, config["validation"]["suite_dir"]):
             by_dataset.setdefault(o.dataset, []).append(o)
     return [o for dataset in DATASETS for o in by_dataset.get(dataset, [])], read
@@ -500,12 +501,28 @@ def _pushed_down(store, dataset: str, expectations: list[dict], params: dict, si
     return outcomes, {"rows": rows, "suspects": len(frame)}
 
 
-def _whole_frames(store, since, until, with_users: bool, with_movies: bool) -> dict[str, pd.DataFrame]:
-    """Every dataset's frame of [since, until), read whole from the store."""
-    window = store.window(since, until)
-    quarantined = store.quarantine_of_window(since, until)
-    parsed = ev.ParsedEvents(window.watches, window.ratings, window.recommendations, window.items,
-                             quarantined[~quarantined["reason"].str.startswith(QUARANTINED_BY)], lines=0)
-    catalog = set(window.movies["movie_id"].astype(str)) if with_movies else None
+# The stored tables the frame of each dataset is made from (users and movies are their own).
+_MADE_OF = {"watches": {"watches"}, "ratings": {"ratings"}, "recommendations": {"recommendations", "items"},
+            "log": {"watches", "ratings", "recommendations", "quarantine"}}
+
+
+def _whole_frames(store, since, until, datasets: list[str], with_movies: bool) -> dict[str, pd.DataFrame]:
+    """The frames of `datasets` for [since, until), read whole from the store: only the tables
+    they are made from (a team's check of users does not read a day of watches)."""
+    needed = set(datasets).union(*(_MADE_OF.get(d, set()) for d in datasets))
+    if with_movies and needed & {"watches", "ratings", "recommendations"}:
+        needed.add("movies")  # the catalogue
+
+    def read(name: str) -> pd.DataFrame:
+        return store.read(name, since, until) if name in needed else ev.frame(name)
+
+    rejects = ev.frame("rejects")
+    if "quarantine" in needed:
+        quarantined = store.quarantine_of_window(since, until)
+        rejects = quarantined[~quarantined["reason"].str.startswith(QUARANTINED_BY)]
+    parsed = ev.ParsedEvents(read("watches"), read("ratings"), read("recommendations"), read("items"), rejects,
+                             lines=0)
+    movies = store.read("movies") if "movies" in needed else None
+    catalog = set(movies["movie_id"].astype(str)) if with_movies and movies is not None else None
     return {**event_frames(parsed, catalog),
-            **table_frames(window.users if with_users else None, window.movies if with_movies else None)}
+            **table_frames(store.read("users") if "users" in needed else None, movies)}

@@ -108,12 +108,10 @@ class EventStore:
     # -- writing ---------------------------------------------------------------------------
 
     def insert(self, conn: Connection, table: Table, df: pd.DataFrame) -> int:
-        """Append a frame whose columns are (a subset of) the table's, by the fast path; a lake
-        table's rows go to the lake, in the transaction of `conn`."""
+        """Append a frame whose columns are (a subset of) the table's, by the fast path (a lake's
+        tables are written by recaudit.audits.lake)."""
         if df.empty:
             return 0
-        if self.lake is not None and table.name in LAKE_TABLES:
-            return self.lake.write(conn, table, df)
         df = df.drop(columns=[c for c in CARRIED.get(table.name, ()) if c in df])
         cols = list(df.columns)
         if self.dialect == "postgresql":
@@ -131,8 +129,6 @@ class EventStore:
         INSERT ... SELECT ... ON CONFLICT."""
         if df.empty:
             return 0
-        if self.lake is not None and table.name in LAKE_TABLES:  # a rollup's partial sums
-            return self.lake.write(conn, table, df)
         cols = list(df.columns)
         keys = [key] if isinstance(key, str) else list(key)
         combine = combine or {}
@@ -156,8 +152,9 @@ class EventStore:
         return len(df)
 
     def lock_for_ingest(self, conn: Connection) -> None:
-        """Serialise ingests from the start of their transaction: a source is planned (which
-        content it continues, whether it was seen) and committed with no other ingest between."""
+        """Serialise ingests from here to the end of the transaction: on a database a source is
+        planned (which content it continues, whether it was seen) and committed with no other
+        ingest between; on a lake, source ids, new movie keys and commits are taken in turn."""
         if self.dialect == "postgresql":
             conn.exec_driver_sql("LOCK TABLE movie_keys IN SHARE ROW EXCLUSIVE MODE")
         else:  # any write statement takes SQLite's one write lock, even one that changes no row

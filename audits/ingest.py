@@ -4,6 +4,11 @@ A source is a file, the new tail of a log that grew since it was last ingested, 
 standard input, or a MovieLens directory. Each is committed in one transaction together with
 its `ingested_sources` row: a crash leaves all of it or none of it, and a second run skips
 whatever the first one committed (sources are recognised by the SHA-256 of their content).
+
+On a database, ingests take turns: each holds the ingest lock from its plan to its commit. On a
+lake, several writers ingest logs at once: each plans, parses and writes its files with no lock
+held, and takes the lock only to commit, once it has checked that no source committed meanwhile
+took the same lines (else it plans again, and its files are removed if its plan changed).
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import hashlib
 import io
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recaudit.audits import activity, sources
 from recaudit.audits import store as st
+from recaudit.audits.lake import LAKE_TABLES
 from recaudit.audits.schema import movie_attributes, user_attributes
 from recaudit.audits.schema import predictions as predictions_table
 from recaudit.clock import utc_now
@@ -122,6 +129,13 @@ class _LogPlan:
     partial_from: int | None = None  # where this content's unterminated last line starts
     replaces: tuple[int, int] | None = None  # (source id, line): a line read half-written before
     head: "hashlib._Hash | None" = None  # the digest of bytes [0, start), to go on with the tail
+    after: int = 0  # where the content it continues ends (0: none)
+    considered: frozenset[int] = frozenset()  # the earlier sources this plan was made from
+
+    def lineage(self) -> tuple:
+        """What a plan takes from where: two plans of one content with the same lineage store the
+        same lines."""
+        return self.start, self.first_line, self.continues, self.replaces
 
 
 def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events") -> _LogPlan:
@@ -151,11 +165,12 @@ def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events") -> _LogPlan:
             last_newline = offset + newline
         offset += len(block)
     partial = last_newline + 1 if last_newline + 1 < offset else None
-    plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial, head=heads[0])
+    plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial, head=heads[0],
+                    considered=frozenset(r.id for r in earlier))
     matches = [r for r in earlier if r.end_offset in heads and heads[r.end_offset].hexdigest() == r.fingerprint]
     if matches:
         previous = max(matches, key=lambda r: r.end_offset)
-        plan.continues = previous.fingerprint
+        plan.continues, plan.after = previous.fingerprint, previous.end_offset
         if previous.partial_from is not None:  # its last line was half-written: read it again
             plan.start, plan.first_line = previous.partial_from, previous.last_line
             plan.replaces = (previous.id, previous.last_line)
@@ -182,8 +197,11 @@ def _ingest_log(store: st.Store, path: Path, chunk_bytes: int, check=None) -> So
         raise formats.InputError.unreadable(path, exc) from None
     with opened:
         f = _Reading(opened, path)
-        for _attempt in range(_READ_ATTEMPTS):
+        attempts = 0
+        while attempts < _READ_ATTEMPTS:
             try:
+                if store.lake is not None:
+                    return _ingest_log_to_lake(store, f, name, chunk_bytes, check)
                 with store.transaction() as conn:
                     # Plan under the ingest lock: no other ingest commits between the plan and
                     # this commit, so a tail is never taken twice and nothing needs a retry.
@@ -195,8 +213,67 @@ def _ingest_log(store: st.Store, path: Path, chunk_bytes: int, check=None) -> So
                         return SourceResult(name, "events", "skipped")
                     return _commit_log(store, conn, name, plan, _tail(f, plan, name, chunk_bytes), check)
             except _ChangedWhileRead:
-                continue  # rolled back: plan again from what the file holds now
+                attempts += 1  # rolled back: plan again from what the file holds now
+            except _TakenMeanwhile:
+                pass  # another writer committed some of these lines: plan again (it made progress)
     raise formats.InputError(path, f"changed while being read, {_READ_ATTEMPTS} times (is it rewritten in place?)")
+
+
+class _TakenMeanwhile(Exception):
+    """Another writer committed, after this one planned, a source that takes some of the lines
+    this one wrote (the files written are removed)."""
+
+
+def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: int, check=None) -> SourceResult:
+    """A log's new lines into the lake, with no lock held but to take a source id, new movie keys
+    and the commit."""
+    with store.engine.connect() as conn:
+        plan = _plan_log(conn, f)
+        if plan.end <= plan.start:
+            return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
+        if _seen(conn, plan.fingerprint):
+            return SourceResult(name, "events", "skipped")
+    with store.transaction() as conn:
+        store.lock_for_ingest(conn)
+        writer = _Writer(store, _take_source_id(conn))
+    committing = False
+    try:
+        result, last_line = _store_log(writer, name, plan, _tail(f, plan, name, chunk_bytes), check)
+        while True:
+            with store.transaction() as conn:
+                store.lock_for_ingest(conn)
+                if _seen(conn, plan.fingerprint):  # the same content, committed by another writer
+                    writer.discard()
+                    return SourceResult(name, "events", "skipped")
+                if not _committed_since(conn, plan):
+                    _open_source(conn, "events", name, plan, writer.source_id)
+                    if plan.replaces is not None:
+                        _forget_line(store, conn, *plan.replaces)
+                    writer.record(conn)
+                    _close_source(conn, writer.source_id, result, plan.end, last_line)
+                    committing = True  # from here a failure may come after the commit: keep the files
+                    return result
+            # A source that may continue this content committed since the plan: plan again
+            # (outside the lock: it reads the file). Its lines are still this one's to commit if
+            # the new plan takes them from the same place.
+            with store.engine.connect() as conn:
+                again = _plan_log(conn, f)
+            if again.lineage() != plan.lineage():
+                raise _TakenMeanwhile()
+            plan.considered = again.considered
+    except BaseException:
+        if not committing:
+            writer.discard()
+        raise
+
+
+def _committed_since(conn: Connection, plan: _LogPlan) -> bool:
+    """Whether a source of events was committed after `plan` was made that it could continue: one
+    ending after the content the plan continues (none ending there or before can be a longer
+    start of this log than that content)."""
+    s = st.ingested_sources.c
+    ids = conn.execute(select(s.id).where(s.kind == "events", s.end_offset > plan.after)).scalars()
+    return not set(ids) <= plan.considered
 
 
 def _tail(f: BinaryIO, plan: _LogPlan, name: str, chunk_bytes: int) -> Iterator[ev.ParsedEvents]:
@@ -270,27 +347,32 @@ def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pi
                 check=None) -> SourceResult:
     """Store the parsed pieces of bytes [start, end) of a log as one source, in the caller's
     transaction, which holds the ingest lock."""
+    with _Writer.of(store, conn) as writer:
+        _open_source(conn, "events", name, plan, writer.source_id)
+        if plan.replaces is not None:
+            _forget_line(store, conn, *plan.replaces)
+        result, last_line = _store_log(writer, name, plan, pieces, check)
+    _close_source(conn, writer.source_id, result, plan.end, last_line)
+    return result
+
+
+def _store_log(writer: _Writer, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
+               check=None) -> tuple[SourceResult, int]:
+    """Store the parsed pieces of a log through `writer`: what was stored, and the last line."""
     result = SourceResult(name, "events", "ingested", first_line=plan.first_line,
-                          stored={k: 0 for k in EVENT_KINDS})
-    source_id = _open_source(conn, "events", name, plan.fingerprint, plan.start, plan.first_line,
-                             continues=plan.continues, partial_from=plan.partial_from)
-    if plan.replaces is not None:
-        _forget_line(store, conn, *plan.replaces)
-    keys: dict[str, int] = {}
+                          stored={k: 0 for k in EVENT_KINDS}, source_id=writer.source_id)
     span, last_time = 0, None
     for parsed in pieces:
         if check is not None:
             parsed = check(parsed, name)
-        last_time = _store_events(store, conn, source_id, parsed, keys, last_time)
+        last_time = _store_events(writer, parsed, last_time)
         for kind in EVENT_KINDS:
             result.stored[kind] += parsed.counts[kind]
         result.items += len(parsed.items)
         result.quarantined += len(parsed.rejects)
         result.lines += parsed.lines
         span += parsed.span
-    _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
-    result.source_id = source_id
-    return result
+    return result, plan.first_line + span - 1
 
 
 _LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend", "predictions": "predictions"}
@@ -347,14 +429,15 @@ def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
             return SourceResult(str(path), kind, "skipped")
         result = SourceResult(str(path), kind, "ingested", lines=len(frame) + len(rejects),
                               stored={kind: len(frame)}, quarantined=len(rejects))
-        source_id = _open_source(conn, kind, str(path), fingerprint, 0, 1)
-        if kind == "users":
-            _store_users(store, conn, source_id, frame)
-        else:
-            _store_movies(store, conn, source_id, frame, {})
-        _store_rejects(store, conn, source_id, rejects)
-        _close_source(conn, source_id, result, len(data), result.lines + 1)
-    result.source_id = source_id
+        with _Writer.of(store, conn) as writer:
+            _open_source(conn, kind, str(path), _LogPlan(0, len(data), 1, fingerprint), writer.source_id)
+            if kind == "users":
+                _store_users(writer, frame)
+            else:
+                _store_movies(writer, frame)
+            _store_rejects(writer, rejects)
+        _close_source(conn, writer.source_id, result, len(data), result.lines + 1)
+    result.source_id = writer.source_id
     return result
 
 
@@ -380,20 +463,20 @@ def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceR
         header = data.split(b"\n", 1)[0] if kind == "csv" and plan.start > 0 else None
         piece = data[plan.start:plan.end]
         frame, rejects = predictions.read(path, piece, model_name, plan.first_line, header, kind)
-        source_id = _open_source(conn, "predictions", name, plan.fingerprint, plan.start, plan.first_line,
-                                 continues=plan.continues, partial_from=plan.partial_from)
-        if plan.replaces is not None:
-            _forget_line(store, conn, *plan.replaces)
+        with _Writer.of(store, conn) as writer:
+            _open_source(conn, "predictions", name, plan, writer.source_id)
+            if plan.replaces is not None:
+                _forget_line(store, conn, *plan.replaces)
+            writer.insert(predictions_table, pd.DataFrame({
+                "source_id": writer.source_id, "line": frame["line"], "time": frame["time"],
+                "user_id": frame["user_id"], "movie_key": writer.keys_for(frame["movie_id"]), "model": frame["model"],
+                "prediction": frame["prediction"]}))
+            _store_rejects(writer, rejects)
         result = SourceResult(name, "predictions", "ingested", lines=len(frame) + len(rejects),
                               stored={"predictions": len(frame)}, quarantined=len(rejects),
-                              first_line=plan.first_line, source_id=source_id)
-        store.insert(conn, predictions_table, pd.DataFrame({
-            "source_id": source_id, "line": frame["line"], "time": frame["time"], "user_id": frame["user_id"],
-            "movie_key": _keys_for(store, conn, frame["movie_id"], {}), "model": frame["model"],
-            "prediction": frame["prediction"]}))
-        _store_rejects(store, conn, source_id, rejects)
+                              first_line=plan.first_line, source_id=writer.source_id)
         span = result.lines if kind == "parquet" else piece.count(b"\n") + (not piece.endswith(b"\n"))
-        _close_source(conn, source_id, result, plan.end, plan.first_line + span - 1)
+        _close_source(conn, writer.source_id, result, plan.end, plan.first_line + span - 1)
     return result
 
 
@@ -407,28 +490,34 @@ def _ingest_movielens(store: st.Store, path: Path) -> SourceResult:
                               lines=len(data.users) + len(data.movies) + len(data.ratings) + len(data.rejects),
                               stored={"users": len(data.users), "movies": len(data.movies), "rate": len(data.ratings)},
                               quarantined=len(data.rejects))
-        source_id = _open_source(conn, "movielens", str(path), data.fingerprint, 0, 1)
-        keys: dict[str, int] = {}
-        _store_users(store, conn, source_id, data.users)
-        _store_movies(store, conn, source_id, data.movies, keys)
-        _store_ratings(store, conn, source_id, data.ratings, keys)
-        _store_rejects(store, conn, source_id, data.rejects)
-        _close_source(conn, source_id, result, data.size, result.lines)
-    result.source_id = source_id
+        with _Writer.of(store, conn) as writer:
+            _open_source(conn, "movielens", str(path), _LogPlan(0, data.size, 1, data.fingerprint), writer.source_id)
+            _store_users(writer, data.users)
+            _store_movies(writer, data.movies)
+            _store_ratings(writer, data.ratings)
+            _store_rejects(writer, data.rejects)
+        _close_source(conn, writer.source_id, result, data.size, result.lines)
+    result.source_id = writer.source_id
     return result
 
 
 # -- writing -----------------------------------------------------------------------------------
 
-def _open_source(conn: Connection, kind: str, name: str, fingerprint: str, start: int, first_line: int,
-                 continues: str | None = None, partial_from: int | None = None) -> int:
-    source_id = conn.execute(insert(st.ingested_sources).values(
-        kind=kind, name=name, fingerprint=fingerprint, start_offset=start, end_offset=start,
-        continues=continues, partial_from=partial_from,
-        first_line=first_line, last_line=first_line - 1, lines=0, stored="{}", quarantined=0,
-        ingested_at=utc_now(),
-    ).returning(st.ingested_sources.c.id)).scalar_one()
-    return source_id
+def _take_source_id(conn: Connection) -> int:
+    """A new source id, in `conn`'s transaction, which holds the ingest lock: never one given
+    before, even to a source that was rolled back after its id was committed."""
+    taken = max(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one()
+                for t in (st.source_ids, st.ingested_sources))
+    conn.execute(insert(st.source_ids).values(id=taken + 1))
+    return taken + 1
+
+
+def _open_source(conn: Connection, kind: str, name: str, plan: _LogPlan, source_id: int) -> None:
+    conn.execute(insert(st.ingested_sources).values(
+        id=source_id, kind=kind, name=name, fingerprint=plan.fingerprint, start_offset=plan.start,
+        end_offset=plan.start, continues=plan.continues, partial_from=plan.partial_from,
+        first_line=plan.first_line, last_line=plan.first_line - 1, lines=0, stored="{}", quarantined=0,
+        ingested_at=utc_now()))
 
 
 def _close_source(conn: Connection, source_id: int, result: SourceResult, end: int, last_line: int) -> None:
@@ -438,91 +527,145 @@ def _close_source(conn: Connection, source_id: int, result: SourceResult, end: i
         quarantined=result.quarantined))
 
 
-def _keys_for(store: st.Store, conn: Connection, movie_id: pd.Series, keys: dict) -> np.ndarray:
-    """Movie keys for a categorical column of movie ids."""
-    cat = movie_id.astype("category").cat
-    if len(cat.categories) == 0:
-        return np.zeros(len(movie_id), dtype=np.int64)
-    return store.movie_keys(conn, list(cat.categories), keys)[cat.codes.to_numpy()]
+class _Writer:
+    """Where one source's rows go. A database's tables are written in `conn`, the source's
+    transaction. A lake's tables are written as files, listed in `files` until `record` commits
+    them with the source (or `discard` removes them). Without `conn` (a lake's writer that holds
+    no lock while it writes), new movie keys are taken in short transactions of their own."""
+
+    def __init__(self, store: st.Store, source_id: int, conn: Connection | None = None):
+        self.store, self.source_id, self.conn = store, source_id, conn
+        self.keys: dict[str, int] = {}
+        self.files: list[dict] = []
+
+    @classmethod
+    @contextmanager
+    def of(cls, store: st.Store, conn: Connection) -> Iterator[_Writer]:
+        """A writer of a new source in `conn`'s transaction; its files are recorded at the end,
+        or removed if the source fails."""
+        writer = cls(store, _take_source_id(conn), conn)
+        try:
+            yield writer
+            writer.record(conn)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def _in_lake(self, table) -> bool:
+        return self.store.lake is not None and table.name in LAKE_TABLES
+
+    def insert(self, table, df: pd.DataFrame) -> None:
+        if self._in_lake(table):
+            self.store.lake.write(table, df, self.files)
+        else:
+            self.store.insert(self.conn, table, df)
+
+    def upsert(self, table, df: pd.DataFrame, key: str | list[str], combine: dict[str, str] | None = None) -> None:
+        if self._in_lake(table):  # a rollup's partial sums, added up by its readers
+            self.store.lake.write(table, df, self.files)
+        else:
+            self.store.upsert(self.conn, table, df, key, combine)
+
+    def keys_for(self, movie_id: pd.Series) -> np.ndarray:
+        """Movie keys for a categorical column of movie ids."""
+        cat = movie_id.astype("category").cat
+        if len(cat.categories) == 0:
+            return np.zeros(len(movie_id), dtype=np.int64)
+        ids = list(cat.categories)
+        if self.conn is not None:
+            keys = self.store.movie_keys(self.conn, ids, self.keys)
+        elif all(m in self.keys for m in ids):
+            keys = np.fromiter((self.keys[m] for m in ids), dtype=np.int64, count=len(ids))
+        else:  # new ids: read the keys other writers took since, and take the rest
+            with self.store.transaction() as conn:
+                self.store.lock_for_ingest(conn)
+                self.keys.clear()
+                keys = self.store.movie_keys(conn, ids, self.keys)
+        return keys[cat.codes.to_numpy()]
+
+    def record(self, conn: Connection) -> None:
+        if self.files:
+            self.store.lake.record(conn, self.files)
+
+    def discard(self) -> None:
+        if self.files:
+            self.store.lake.discard(self.files)
 
 
-def _store_events(store: st.Store, conn: Connection, source_id: int, parsed: ev.ParsedEvents, keys: dict,
-                  last_time=None):
+def _store_events(writer: _Writer, parsed: ev.ParsedEvents, last_time=None):
     """Store one parsed piece of a log; returns the time of its last event (or `last_time`),
     which dates the malformed lines at the start of the next piece."""
-    _store_ratings(store, conn, source_id, parsed.ratings, keys)
+    source_id = writer.source_id
+    _store_ratings(writer, parsed.ratings)
     w = parsed.watches
-    movie_keys = _keys_for(store, conn, w["movie_id"], keys)
-    store.insert(conn, st.watches, pd.DataFrame({
+    movie_keys = writer.keys_for(w["movie_id"])
+    writer.insert(st.watches, pd.DataFrame({
         "source_id": source_id, "line": w["line"], "time": w["time"], "user_id": w["user_id"],
         "movie_key": movie_keys, "minute": w["minute"]}))
     hours = pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys,
                           "hour": w["time"].to_numpy(dtype="datetime64[h]").astype(np.int64)})
     rollup = hours.groupby(["user_id", "hour", "movie_key"]).size().rename("minutes").reset_index()
-    store.upsert(conn, st.watch_hours, rollup, key=["user_id", "hour", "movie_key"], combine={"minutes": "add"})
+    writer.upsert(st.watch_hours, rollup, key=["user_id", "hour", "movie_key"], combine={"minutes": "add"})
     spans = activity.quarter_spans(pd.DataFrame({"user_id": w["user_id"].to_numpy(), "movie_key": movie_keys,
                                                  "time": w["time"].to_numpy()}), "movie_key")
-    store.upsert(conn, st.watch_spans, spans, key=["user_id", "quarter", "movie_key"],
-                 combine={"first_at": "min", "last_at": "max"})
+    writer.upsert(st.watch_spans, spans, key=["user_id", "quarter", "movie_key"],
+                  combine={"first_at": "min", "last_at": "max"})
     r = parsed.recommendations
-    store.insert(conn, st.recommendations, pd.DataFrame({
+    writer.insert(st.recommendations, pd.DataFrame({
         "source_id": source_id, "line": r["line"], "time": r["time"], "user_id": r["user_id"],
         "server": r["server"].astype(object), "status": r["status"], "latency_ms": r["latency_ms"],
         "n_items": r["n_items"], "error": r["error"]}))
     i = parsed.items
     request = pd.Index(r["line"]).get_indexer(i["line"])  # each item's request: its time and user go with it
-    store.insert(conn, st.recommendation_items, pd.DataFrame({
-        "source_id": source_id, "line": i["line"], "rank": i["rank"],
-        "movie_key": _keys_for(store, conn, i["movie_id"], keys),
+    writer.insert(st.recommendation_items, pd.DataFrame({
+        "source_id": source_id, "line": i["line"], "rank": i["rank"], "movie_key": writer.keys_for(i["movie_id"]),
         "time": r["time"].to_numpy()[request], "user_id": r["user_id"].to_numpy()[request]}))
-    return _store_rejects(store, conn, source_id, parsed.rejects, parsed, last_time)
+    return _store_rejects(writer, parsed.rejects, parsed, last_time)
 
 
-def _store_ratings(store: st.Store, conn: Connection, source_id: int, ratings: pd.DataFrame, keys: dict) -> None:
-    store.insert(conn, st.ratings, pd.DataFrame({
-        "source_id": source_id, "line": ratings["line"], "time": ratings["time"],
-        "user_id": ratings["user_id"], "movie_key": _keys_for(store, conn, ratings["movie_id"], keys),
+def _store_ratings(writer: _Writer, ratings: pd.DataFrame) -> None:
+    writer.insert(st.ratings, pd.DataFrame({
+        "source_id": writer.source_id, "line": ratings["line"], "time": ratings["time"],
+        "user_id": ratings["user_id"], "movie_key": writer.keys_for(ratings["movie_id"]),
         "rating": ratings["rating"]}))
 
 
-def _store_users(store: st.Store, conn: Connection, source_id: int, users: pd.DataFrame) -> None:
+def _store_users(writer: _Writer, users: pd.DataFrame) -> None:
     """Users, each replacing what was stored of it: its typed columns, and the attributes this
     source has columns for (an empty value clears one); attributes it has no column for stay."""
     typed = list(formats.SCHEMAS["users"])
-    store.upsert(conn, st.users, users[typed].assign(source_id=source_id), key="user_id")
-    _store_attributes(store, conn, user_attributes, "user_id", users["user_id"], users, "users")
+    writer.upsert(st.users, users[typed].assign(source_id=writer.source_id), key="user_id")
+    _store_attributes(writer, user_attributes, "user_id", users["user_id"], users, "users")
 
 
-def _store_movies(store: st.Store, conn: Connection, source_id: int, movies: pd.DataFrame, keys: dict) -> None:
+def _store_movies(writer: _Writer, movies: pd.DataFrame) -> None:
     """Movies as users are stored: typed columns replaced, attributes upserted by name."""
-    movie_keys = _keys_for(store, conn, movies["movie_id"], keys)
+    movie_keys = writer.keys_for(movies["movie_id"])
     frame = pd.DataFrame({"movie_key": movie_keys,
                           "title": movies["title"], "year": movies["year"], "genres": movies["genres"],
-                          "source_id": source_id})
-    store.upsert(conn, st.movies, frame, key="movie_key")
-    _store_attributes(store, conn, movie_attributes, "movie_key", pd.Series(movie_keys), movies, "movies")
+                          "source_id": writer.source_id})
+    writer.upsert(st.movies, frame, key="movie_key")
+    _store_attributes(writer, movie_attributes, "movie_key", pd.Series(movie_keys), movies, "movies")
 
 
-def _store_attributes(store: st.Store, conn: Connection, table, key: str, ids: pd.Series, df: pd.DataFrame,
-                      kind: str) -> None:
+def _store_attributes(writer: _Writer, table, key: str, ids: pd.Series, df: pd.DataFrame, kind: str) -> None:
     """One row per entity (`ids`, in the order of `df`'s rows) and attribute column of `df`."""
     names = formats.attribute_columns(df, kind)
     if not names or df.empty:
         return
-    store.upsert(conn, table, pd.DataFrame({
+    writer.upsert(table, pd.DataFrame({
         key: np.tile(ids.to_numpy(dtype=np.int64), len(names)),
         "name": np.repeat(np.array(names, dtype=object), len(df)),
         "value": np.concatenate([df[name].to_numpy(dtype=object) for name in names]),
     }), key=[key, "name"])
 
 
-def _store_rejects(store: st.Store, conn: Connection, source_id: int, rejects: pd.DataFrame,
-                   parsed: ev.ParsedEvents | None = None, last_time=None):
-    frame = pd.DataFrame({"source_id": source_id, "file": rejects["source"], "line": rejects["line"],
+def _store_rejects(writer: _Writer, rejects: pd.DataFrame, parsed: ev.ParsedEvents | None = None, last_time=None):
+    frame = pd.DataFrame({"source_id": writer.source_id, "file": rejects["source"], "line": rejects["line"],
                           "raw": rejects["raw"], "reason": rejects["reason"]})
     if parsed is not None:
         frame["near_time"], last_time = _near_times(parsed, rejects["line"].to_numpy(), last_time)
-    store.insert(conn, st.quarantine, frame)
+    writer.insert(st.quarantine, frame)
     return last_time
 
 

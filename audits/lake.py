@@ -10,8 +10,9 @@ in the database.
 
 Every ingest guarantee of the database holds because a file counts only once the manifest says
 so: it is written under a temporary name, renamed into place, then recorded in `lake_files` in
-the transaction of its source. A source rolled back (or killed with ``kill -9``) leaves at most
-files nobody reads; a committed one has all of its files. Files are never rewritten: a line
+the transaction of its source. A source that fails removes its files, and one killed with
+``kill -9`` leaves at most files nobody reads; a committed one has all of its files. So several
+writers can write their files at once and take turns only to commit (recaudit.audits.ingest). Files are never rewritten: a line
 taken back (a log's half-written last line, read again whole) is recorded in `lake_forgotten`
 and left out by readers, and the rollups are appended as partial sums that readers add up.
 
@@ -115,8 +116,9 @@ class Lake:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, conn: Connection, table: Table, df: pd.DataFrame) -> int:
-        """Append a frame of `table`'s rows as one file per day, recorded in `conn`'s transaction."""
+    def write(self, table: Table, df: pd.DataFrame, files: list[dict]) -> int:
+        """Write a frame of `table`'s rows as one file per day, and add the manifest row of each to
+        `files`, for `record` to commit with their source (`discard` removes them if it does not)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -126,7 +128,7 @@ class Lake:
         types = column_types(name)
         df = df.copy()
         if name == "quarantine":
-            df = self._with_ids(conn, df)
+            df = _with_ids(df, files)
         for c, t in types.items():
             if c not in df:
                 df[c] = None
@@ -140,6 +142,11 @@ class Lake:
             path = f"{name}/day={day}/{source_id or 0:08d}-{uuid.uuid4().hex}.parquet"
             final = self.full_path(path)
             self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            lines = rows["line"] if "line" in rows else None
+            # Listed before it is written, so that `discard` also removes a file half-written.
+            files.append(dict(table_name=name, day=day, path=path, source_id=source_id, rows=len(rows),
+                              first_line=None if lines is None else int(lines.min()),
+                              last_line=None if lines is None else int(lines.max())))
             if self.local:  # a reader of the directory never sees half a file
                 temporary = f"{final}.tmp"
                 pq.write_table(data, temporary, filesystem=self.fs, compression="zstd")
@@ -148,20 +155,26 @@ class Lake:
                 _synced(os.path.dirname(final))
             else:  # an object store has no rename: an object appears whole when its upload ends
                 pq.write_table(data, final, filesystem=self.fs, compression="zstd")
-            lines = rows["line"] if "line" in rows else None
-            conn.execute(insert(lake_files).values(
-                table_name=name, day=day, path=path, source_id=source_id, rows=len(rows),
-                first_line=None if lines is None else int(lines.min()),
-                last_line=None if lines is None else int(lines.max())))
         return len(df)
 
-    def _with_ids(self, conn: Connection, df: pd.DataFrame) -> pd.DataFrame:
-        """Quarantine rows numbered in the order they were stored, as the database numbers them."""
-        f = lake_files.c
-        source_id = int(df["source_id"].iloc[0])
-        before = conn.execute(select(func.coalesce(func.sum(f.rows), 0)).where(
-            f.table_name == "quarantine", f.source_id == source_id)).scalar_one()
-        return df.assign(id=source_id * _QUARANTINE_IDS + int(before) + np.arange(len(df)))
+    def record(self, conn: Connection, files: list[dict]) -> None:
+        """Record written files in the manifest, in `conn`'s transaction: from its commit on, they
+        are read."""
+        if files:
+            conn.execute(insert(lake_files), files)
+
+    def discard(self, files: list[dict]) -> None:
+        """Remove files that were written but will not be recorded (their source failed, or
+        another writer committed the same lines first). Best effort: a file left behind is never
+        read, as the manifest does not name it."""
+        for row in files:
+            final = self.full_path(row["path"])
+            for path in (final, f"{final}.tmp"):
+                try:
+                    self.fs.delete_file(path)
+                except (FileNotFoundError, OSError):
+                    pass
+        files.clear()
 
     def forget(self, conn: Connection, store, source_id: int, line: int) -> dict[str, int]:
         """Take back one line of a source: how many rows each table held of it (none when it was
@@ -181,9 +194,11 @@ class Lake:
                                                                             w.line == line))
             if len(watched):
                 hour = watched["time"].to_numpy(dtype="datetime64[h]").astype(np.int64)
-                self.write(conn, watch_hours, pd.DataFrame({
+                files: list[dict] = []
+                self.write(watch_hours, pd.DataFrame({
                     "user_id": watched["user_id"].to_numpy(), "hour": hour,
-                    "movie_key": watched["movie_key"].to_numpy(), "minutes": -1}))
+                    "movie_key": watched["movie_key"].to_numpy(), "minutes": -1}), files)
+                self.record(conn, files)
             conn.execute(insert(lake_forgotten).values(source_id=source_id, line=line))
         return removed
 
@@ -196,6 +211,14 @@ class Lake:
         for name, path in conn.execute(select(f.table_name, f.path).order_by(f.id)).all():
             listed[name].append(self.full_path(path))
         return listed
+
+
+def _with_ids(df: pd.DataFrame, files: list[dict]) -> pd.DataFrame:
+    """Quarantine rows numbered in the order their source stored them, as the database numbers
+    them (a source's quarantine is written by its own ingest alone, into `files`)."""
+    source_id = int(df["source_id"].iloc[0])
+    before = sum(f["rows"] for f in files if f["table_name"] == "quarantine" and f["source_id"] == source_id)
+    return df.assign(id=source_id * _QUARANTINE_IDS + before + np.arange(len(df)))
 
 
 def _synced(path: str) -> None:

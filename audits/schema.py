@@ -127,6 +127,14 @@ watch_spans = Table(
     Index("watch_spans_quarter", "quarter"),
 )
 
+source_ids = Table(
+    # Every source id ever handed out, committed as it is taken: a lake's writers take theirs
+    # before they write (the id is in their files) and record the source only when it commits,
+    # so an id is never given twice, even to a source that was rolled back or killed.
+    "source_ids", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+)
+
 movie_keys = Table(
     "movie_keys", metadata,
     Column("key", Integer, primary_key=True, autoincrement=False),

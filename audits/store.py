@@ -48,6 +48,7 @@ from recaudit.audits.schema import (
     recommendation_items,
     recommendations,
     scheduler_lease,
+    source_ids,
     users,
     watch_hours,
     watch_spans,
@@ -58,8 +59,8 @@ __all__ = [
     "DEFAULT_URL", "EVENT_TABLES", "SPAN_SECONDS", "URL_ENV", "Store", "UTCTime", "Window", "alert_deliveries",
     "alerts", "audit_results", "audit_runs", "between", "findings", "ingested_sources", "job_runs", "metadata",
     "metrics", "models", "movie_keys", "movies", "open_conditions", "quarantine", "ratings",
-    "recommendation_items", "recommendations", "resolve_url", "scheduler_lease", "users", "watch_hours",
-    "watch_spans", "watches", "whole_hours",
+    "recommendation_items", "recommendations", "resolve_url", "scheduler_lease", "source_ids", "users",
+    "watch_hours", "watch_spans", "watches", "whole_hours",
 ]
 
 

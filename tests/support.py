@@ -1,9 +1,10 @@
 """What the tests share besides fixtures (those are in conftest.py): running the command line,
 in this process or as a real one, free ports and GETs, a webhook receiver, simulated services
-and a browser that opens report pages."""
+a browser that opens report pages, and logs of watches with what checks how they were stored."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,8 +18,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
+from recaudit.audits import store as st
 from recaudit.audits.urls import URL_ENV
 from recaudit.recsys.simulate import Config, simulate
 from recaudit.scheduler.cli import main
@@ -178,3 +182,32 @@ def open_page(chromium, path: Path, name: str, viewport=(1200, 900)):
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         browser.close()
     return seen
+
+
+# -- stored logs -------------------------------------------------------------------------------
+
+def watch_lines(user: int, n: int, start: int = 0, movies: int = 1) -> bytes:
+    """`n` distinct watch lines of one user: minute i at second i of 2024-01-01, of movie
+    m{i % movies}+2001 (a+2001 when there is one movie)."""
+    day = pd.Timestamp("2024-01-01")
+    return b"".join(b"%s,%d,GET /data/m/%s/%d.mpg\n" % (
+        (day + pd.Timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S").encode(), user,
+        b"a+2001" if movies == 1 else b"m%d+2001" % (i % movies), i) for i in range(start, start + n))
+
+
+def stored_watches(store: st.Store) -> pd.DataFrame:
+    return store.read("watches")[["user_id", "minute"]]
+
+
+def per_source_counts_add_up(store: st.Store) -> None:
+    """Each source's recorded counts: lines == stored + quarantined, and equal to its rows."""
+    with store.engine.connect() as conn:
+        sources = conn.execute(select(st.ingested_sources)).mappings().all()
+    tables = {"watch": "watches", "rate": "ratings", "recommend": "recommendations"}
+    for s in sources:
+        stored = json.loads(s["stored"])
+        assert s["lines"] == sum(stored.get(k, 0) for k in tables) + s["quarantined"], dict(s)
+        for kind, table in {**tables, "quarantined": "quarantine"}.items():
+            t = st.metadata.tables[table]
+            rows = store.frame(select(func.count().label("n")).where(t.c.source_id == s["id"])).n.iloc[0]
+            assert rows == (s["quarantined"] if table == "quarantine" else stored.get(kind, 0)), (kind, dict(s))

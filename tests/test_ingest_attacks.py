@@ -6,7 +6,6 @@ $RECAUDIT_LAKE names it, so the ingest processes these tests start use it as wel
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,10 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from recaudit.audits import store as st
 from recaudit.audits.ingest import ingest
+from support import per_source_counts_add_up, stored_watches, watch_lines
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "lake"])
@@ -30,31 +30,6 @@ def db_url(request, tmp_path, monkeypatch) -> str:
     if request.param == "lake":
         monkeypatch.setenv("RECAUDIT_LAKE", str(tmp_path / "lake"))
     return f"sqlite:///{tmp_path / 'recaudit.db'}"
-
-
-def watch_lines(user: int, n: int, start: int = 0) -> bytes:
-    """`n` distinct watch lines of one user: minute i at second i of 2024-01-01."""
-    day = pd.Timestamp("2024-01-01")
-    return b"".join(b"%s,%d,GET /data/m/a+2001/%d.mpg\n" % ((day + pd.Timedelta(seconds=i)).strftime(
-        "%Y-%m-%dT%H:%M:%S").encode(), user, i) for i in range(start, start + n))
-
-
-def stored_watches(store: st.Store) -> pd.DataFrame:
-    return store.read("watches")[["user_id", "minute"]]
-
-
-def per_source_counts_add_up(store: st.Store) -> None:
-    """Each source's recorded counts: lines == stored + quarantined, and equal to its rows."""
-    with store.engine.connect() as conn:
-        sources = conn.execute(select(st.ingested_sources)).mappings().all()
-    tables = {"watch": "watches", "rate": "ratings", "recommend": "recommendations"}
-    for s in sources:
-        stored = json.loads(s["stored"])
-        assert s["lines"] == sum(stored.get(k, 0) for k in tables) + s["quarantined"], dict(s)
-        for kind, table in {**tables, "quarantined": "quarantine"}.items():
-            t = st.metadata.tables[table]
-            rows = store.frame(select(func.count().label("n")).where(t.c.source_id == s["id"])).n.iloc[0]
-            assert rows == (s["quarantined"] if table == "quarantine" else stored.get(kind, 0)), (kind, dict(s))
 
 
 def _reading(pid: int, path: Path) -> bool:

@@ -66,23 +66,25 @@ def test_reingesting_the_same_files_stores_nothing_twice(tmp_path, small_world):
     store.close()
 
 
-def test_a_source_that_fails_part_way_leaves_none_of_its_files_counted(tmp_path, small_world, monkeypatch):
+def test_a_source_that_fails_part_way_leaves_none_of_its_files_counted_nor_on_disk(tmp_path, small_world,
+                                                                                   monkeypatch):
     from recaudit.audits.lake import Lake
 
-    real, calls = Lake.write, {"n": 0}
+    real, calls = Lake.write, {"n": 0, "in place": 0}
 
-    def failing(self, conn, table, df):
+    def failing(self, table, df, files):
         calls["n"] += 1
         if calls["n"] == 6:
+            calls["in place"] = len(list((tmp_path / "lake").rglob("*.parquet")))
             raise OSError("disk full")
-        return real(self, conn, table, df)
+        return real(self, table, df, files)
 
     store = lake_store(tmp_path)
     monkeypatch.setattr(Lake, "write", failing)
     with pytest.raises(OSError):
         ingest(store, [str(small_world / "events.log")], chunk_bytes=64 << 10)
-    written = list((tmp_path / "lake").rglob("*.parquet"))
-    assert len(written) >= 5, "files were renamed into place before the failure"
+    assert calls["in place"] >= 5, "files were renamed into place before the failure"
+    assert list((tmp_path / "lake").rglob("*.parquet*")) == []  # removed, as their source failed
     assert manifest(store).empty
     assert all(store.count(t) == 0 for t in ("watches", "ratings", "recommendations", "quarantine",
                                              "ingested_sources"))

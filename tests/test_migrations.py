@@ -18,6 +18,7 @@ from sqlalchemy import String, Text, create_engine, inspect, select, text
 
 from recaudit.audits import migrations
 from recaudit.audits import store as st
+from recaudit.audits.ingest import ingest
 from recaudit.recsys.formats import InputError
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -61,7 +62,7 @@ def test_a_new_database_records_the_head_revision_and_has_the_declared_schema(db
 
 
 @pytest.mark.parametrize("commit", OLD)
-def test_a_database_of_an_earlier_version_is_upgraded_on_open_and_keeps_its_rows(db_url, commit):
+def test_a_database_of_an_earlier_version_is_upgraded_on_open_and_keeps_its_rows(db_url, commit, tmp_path):
     load_old(db_url, commit)
     engine = create_engine(st.resolve_url(db_url))
     with engine.connect() as conn:
@@ -83,6 +84,10 @@ def test_a_database_of_an_earlier_version_is_upgraded_on_open_and_keeps_its_rows
     assert run_id == run["id"] + 1 and store.runs()[0]["error"] == "a reason"
     with store.transaction() as conn:
         conn.execute(st.metrics.insert().values(run_id=run_id, key="online.success_rate.server." + "s" * 400))
+        recorded = conn.execute(select(st.ingested_sources.c.id)).scalars().all()
+    log = tmp_path / "new.log"  # 0006: a new source's id follows those recorded before it
+    log.write_bytes(b"2024-01-03T00:00:00,1,GET /data/m/a+2001/0.mpg\n")
+    assert ingest(store, [str(log)]).sources[0].source_id == max(recorded) + 1
     store.close()
 
 
@@ -147,7 +152,7 @@ def test_the_scheduler_s_jobs_stored_by_an_earlier_version_call_the_packaged_ser
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("DROP INDEX audit_runs_newest"))  # added by 0004, with the column
         conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
-        for table in ("lake_files", "lake_forgotten"):  # added by 0005
+        for table in ("lake_files", "lake_forgotten", "source_ids"):  # added by 0005 and 0006
             conn.execute(text(f"DROP TABLE {table}"))
     engine.dispose()
     st.Store(db_url).close()
@@ -190,7 +195,7 @@ def test_runs_and_open_conditions_of_an_earlier_version_are_given_the_schedule_t
         # As 0003 left them: no schedule recorded.
         conn.execute(text("DROP INDEX audit_runs_newest"))
         conn.execute(text("ALTER TABLE audit_runs DROP COLUMN schedule"))
-        for table in ("lake_files", "lake_forgotten"):  # added by 0005
+        for table in ("lake_files", "lake_forgotten", "source_ids"):  # added by 0005 and 0006
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
     store.close()

@@ -1,0 +1,202 @@
+"""Several writers ingesting into one lake at once, its manifest in a real SQLite file and in a real
+PostgreSQL: a writer parses and writes its files while another commits; one that finds its lines
+committed by another first removes its files and stores nothing twice; one whose plan still holds
+commits the files it wrote; new movie keys are taken once each; processes started together store
+every line once; and an id taken by a writer killed with ``kill -9`` is never given again.
+
+A writer is held in the middle of its log by its row check (called on each parsed piece), so
+these tests order the writers without relying on timing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from recaudit.audits import store as st
+from recaudit.audits.ingest import ingest
+from recaudit.audits.schema import lake_files
+from support import per_source_counts_add_up, stored_watches, watch_lines
+
+CHUNK = 16 << 10  # several pieces per log, so that a writer can be held between two of them
+WAIT = 120  # a bound on waiting for a thread or a process, not an assertion on speed
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def manifest_url(request, tmp_path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_schema_url")
+    return f"sqlite:///{tmp_path / 'manifest.db'}"
+
+
+def open_lake(url: str, tmp_path: Path) -> st.Store:
+    return st.Store(url, lake=str(tmp_path / "lake"))
+
+
+def files_on_disk(tmp_path: Path) -> set[str]:
+    lake = tmp_path / "lake"
+    return {str(p.relative_to(lake)) for p in lake.rglob("*.parquet*")}
+
+
+def files_recorded(store: st.Store) -> set[str]:
+    with store.engine.connect() as conn:
+        return set(conn.execute(select(lake_files.c.path)).scalars())
+
+
+class Held:
+    """An ingest in a thread of its own, held after its first piece is parsed (its files of that
+    piece are not written yet) until `release`."""
+
+    def __init__(self, url: str, tmp_path: Path, log: Path):
+        self.store = open_lake(url, tmp_path)
+        self.holding, self.go = threading.Event(), threading.Event()
+        self.result, self.error, self.pieces = None, None, 0
+        self.thread = threading.Thread(target=self._run, args=(log,))
+        self.thread.start()
+        assert self.holding.wait(WAIT), self.error
+
+    def _check(self, parsed, name):
+        self.pieces += 1
+        if self.pieces == 2:  # the first piece's files are written: hold before the second's
+            self.holding.set()
+            self.go.wait(WAIT)
+        return parsed
+
+    def _run(self, log: Path):
+        try:
+            self.result = ingest(self.store, [str(log)], chunk_bytes=CHUNK, check=self._check).sources[0]
+        except BaseException as exc:  # reported by `release`: a thread's exception would be lost
+            self.error = exc
+            self.holding.set()
+
+    def release(self):
+        self.go.set()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        self.store.close()
+        return self.result
+
+
+def test_a_writer_commits_another_log_while_one_is_in_the_middle_of_its_own(manifest_url, tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    # a's first lines are of 10 movies, its later ones of 40: it meets 30 movies only after the
+    # other writer has taken their keys, and must use those.
+    a.write_bytes(watch_lines(1, 1000, movies=10) + watch_lines(1, 2000, start=1000, movies=40))
+    b.write_bytes(watch_lines(2, 2000, movies=60))
+    held = Held(manifest_url, tmp_path, a)
+    other = open_lake(manifest_url, tmp_path)
+    assert ingest(other, [str(b)], chunk_bytes=CHUNK).sources[0].status == "ingested"  # not waiting for a
+    assert held.release().status == "ingested"
+    watches = other.read("watches")
+    assert ((watches.user_id == 1).sum(), (watches.user_id == 2).sum()) == (3000, 2000)
+    assert not watches[["user_id", "minute"]].duplicated().any()
+    # Each movie id has one key, whichever writer took it first.
+    movies = watches.user_id.map({1: 40, 2: 60}).where((watches.user_id == 2) | (watches.minute >= 1000), 10)
+    assert (watches.movie_id == "m" + (watches.minute % movies).astype(str) + "+2001").all()
+    assert other.movie_ids().is_unique and len(other.movie_ids()) == 60
+    per_source_counts_add_up(other)
+    assert files_on_disk(tmp_path) == files_recorded(other)
+    other.close()
+
+
+def test_a_writer_whose_lines_another_committed_first_removes_its_files_and_stores_each_line_once(
+        manifest_url, tmp_path):
+    log = tmp_path / "live.log"
+    log.write_bytes(watch_lines(7, 3000))
+    held = Held(manifest_url, tmp_path, log)
+    with open(log, "ab") as f:
+        f.write(watch_lines(7, 1000, start=3000))
+    other = open_lake(manifest_url, tmp_path)
+    assert ingest(other, [str(log)], chunk_bytes=CHUNK).sources[0].lines == 4000  # the same lines, and more
+    assert held.release().status == "unchanged"  # planned again: nothing was left for it
+    watches = stored_watches(other)
+    assert len(watches) == 4000 and not watches.duplicated().any()
+    per_source_counts_add_up(other)
+    assert files_on_disk(tmp_path) == files_recorded(other)  # its files were removed
+    other.close()
+
+
+def test_a_writer_that_another_log_s_commit_leaves_free_commits_the_files_it_wrote(manifest_url, tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_bytes(watch_lines(1, 3000))
+    b.write_bytes(watch_lines(2, 5000))  # longer than a: it could have been a's beginning
+    held = Held(manifest_url, tmp_path, a)
+    written = files_on_disk(tmp_path)
+    assert written, "the held writer had written no file"
+    other = open_lake(manifest_url, tmp_path)
+    ingest(other, [str(b)], chunk_bytes=CHUNK)
+    result = held.release()
+    assert (result.status, result.lines) == ("ingested", 3000)
+    assert written <= files_recorded(other)  # planned again, the same: nothing rewritten
+    assert files_on_disk(tmp_path) == files_recorded(other)
+    per_source_counts_add_up(other)
+    other.close()
+
+
+def test_processes_started_together_on_logs_new_and_shared_store_every_line_once(manifest_url, tmp_path):
+    """Four processes wait, imports done, on a barrier (a file that appears): three ingest logs of
+    their own, of movies new to the lake and shared between them, and two of those also ingest the
+    same log."""
+    logs = []
+    for user in range(1, 4):
+        logs.append(tmp_path / f"own{user}.log")
+        logs[-1].write_bytes(watch_lines(user, 4000, movies=25 * user))
+    shared = tmp_path / "shared.log"
+    shared.write_bytes(watch_lines(9, 6000, movies=90))
+    open_lake(manifest_url, tmp_path).close()
+    go = tmp_path / "go"
+    code = ("import os, sys, time; from recaudit.audits.store import Store; from recaudit.audits.ingest import ingest; "
+            "store = Store(sys.argv[1], lake=sys.argv[2]); open(sys.argv[4], 'w').close(); "
+            "[time.sleep(0.001) for _ in iter(lambda: os.path.exists(sys.argv[3]), True)]; "
+            "ingest(store, sys.argv[5:], chunk_bytes=16 << 10)")
+    jobs = [[logs[0], shared], [logs[1], shared], [logs[2]], [shared]]
+    ready = [tmp_path / f"ready{i}" for i in range(len(jobs))]
+    procs = [subprocess.Popen([sys.executable, "-c", code, manifest_url, str(tmp_path / "lake"), str(go), str(r),
+                               *map(str, paths)], stderr=subprocess.PIPE) for r, paths in zip(ready, jobs)]
+    deadline = time.monotonic() + WAIT
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    go.touch()
+    failures = [p.stderr.read().decode() for p in procs if p.wait(timeout=WAIT) != 0]
+    assert not failures, failures[0]
+    store = open_lake(manifest_url, tmp_path)
+    watches = store.read("watches")
+    assert watches.groupby("user_id").size().to_dict() == {1: 4000, 2: 4000, 3: 4000, 9: 6000}
+    assert not watches[["user_id", "minute"]].duplicated().any()
+    movies = {1: 25, 2: 50, 3: 75, 9: 90}
+    assert (watches.movie_id == "m" + (watches.minute % watches.user_id.map(movies)).astype(str) + "+2001").all()
+    assert store.movie_ids().is_unique and len(store.movie_ids()) == 90
+    per_source_counts_add_up(store)
+    assert files_on_disk(tmp_path) == files_recorded(store)
+    store.close()
+
+
+def test_a_source_id_taken_by_a_writer_killed_mid_write_is_never_given_again(manifest_url, tmp_path):
+    big = tmp_path / "big.log"
+    big.write_bytes(watch_lines(5, 400_000))
+    code = ("import sys; from recaudit.audits.store import Store; from recaudit.audits.ingest import ingest; "
+            "ingest(Store(sys.argv[1], lake=sys.argv[2]), [sys.argv[3]], chunk_bytes=256 << 10)")
+    proc = subprocess.Popen([sys.executable, "-c", code, manifest_url, str(tmp_path / "lake"), str(big)])
+    deadline = time.monotonic() + WAIT
+    while len(files_on_disk(tmp_path)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    store = open_lake(manifest_url, tmp_path)
+    with store.engine.connect() as conn:
+        taken = list(conn.execute(select(st.source_ids.c.id)).scalars())
+    assert taken == [1] and store.count("ingested_sources") == 0 and not files_recorded(store)
+    small = tmp_path / "small.log"
+    small.write_bytes(watch_lines(6, 10))
+    assert ingest(store, [str(small)]).sources[0].source_id == 2
+    assert store.count("watches") == 10
+    store.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import sys
 from contextlib import contextmanager
@@ -138,17 +139,19 @@ class _LogPlan:
         return self.start, self.first_line, self.continues, self.replaces
 
 
-def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events") -> _LogPlan:
+def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events", begins: _LogPlan | None = None) -> _LogPlan:
     """Read an open log once: its fingerprint, where its last line starts if unterminated, and
     the longest content of the same kind (events, or a predictions file that grows) ingested
-    before (under any name) that it begins with."""
+    before (under any name) that it begins with. With `begins`, an earlier plan of the same
+    file, the file must still begin with the content that plan was made of."""
     earlier = conn.execute(select(
         st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
         st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
         .where(st.ingested_sources.c.kind == kind, st.ingested_sources.c.end_offset > 0)).all()
     # Where a tail may start: the end of an earlier content, or where its half-written last line
     # began (that line is read again). The digest is kept at each such offset.
-    marks = sorted({r.end_offset for r in earlier} | {r.partial_from for r in earlier if r.partial_from})
+    marks = sorted({r.end_offset for r in earlier} | {r.partial_from for r in earlier if r.partial_from}
+                   | ({begins.end} if begins else set()))
     heads: dict[int, object] = {0: hashlib.sha256()}
     digest, offset, last_newline = hashlib.sha256(), 0, -1
     pending = iter(marks)
@@ -164,6 +167,8 @@ def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events") -> _LogPlan:
         if newline >= 0:
             last_newline = offset + newline
         offset += len(block)
+    if begins is not None and (begins.end not in heads or heads[begins.end].hexdigest() != begins.fingerprint):
+        raise _ChangedWhileRead()  # truncated or rewritten since (copytruncate rotation)
     partial = last_newline + 1 if last_newline + 1 < offset else None
     plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial, head=heads[0],
                     considered=frozenset(r.id for r in earlier))
@@ -202,16 +207,15 @@ def _ingest_log(store: st.Store, path: Path, chunk_bytes: int, check=None) -> So
             try:
                 if store.lake is not None:
                     return _ingest_log_to_lake(store, f, name, chunk_bytes, check)
-                with store.transaction() as conn:
+                with _new_source(store) as writer:
                     # Plan under the ingest lock: no other ingest commits between the plan and
                     # this commit, so a tail is never taken twice and nothing needs a retry.
-                    store.lock_for_ingest(conn)
-                    plan = _plan_log(conn, f)
+                    plan = _plan_log(writer.conn, f)
                     if plan.end <= plan.start:
                         return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
-                    if _seen(conn, plan.fingerprint):
+                    if _seen(writer.conn, plan.fingerprint):
                         return SourceResult(name, "events", "skipped")
-                    return _commit_log(store, conn, name, plan, _tail(f, plan, name, chunk_bytes), check)
+                    return _commit_log(writer, name, plan, _tail(f, plan, name, chunk_bytes), check)
             except _ChangedWhileRead:
                 attempts += 1  # rolled back: plan again from what the file holds now
             except _TakenMeanwhile:
@@ -233,38 +237,47 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
             return SourceResult(name, "events", "unchanged", first_line=plan.first_line)
         if _seen(conn, plan.fingerprint):
             return SourceResult(name, "events", "skipped")
-    with store.transaction() as conn:
-        store.lock_for_ingest(conn)
-        writer = _Writer(store, _take_source_id(conn))
+    writer = _Writer(store, _new_source_id(store))
     committing = False
     try:
         result, last_line = _store_log(writer, name, plan, _tail(f, plan, name, chunk_bytes), check)
-        while True:
+        for replans in itertools.count():
             with store.transaction() as conn:
                 store.lock_for_ingest(conn)
                 if _seen(conn, plan.fingerprint):  # the same content, committed by another writer
                     writer.discard()
                     return SourceResult(name, "events", "skipped")
+                if replans >= _REPLANS_UNLOCKED:  # others keep committing: plan again with none able to
+                    _plan_again(conn, f, plan)
                 if not _committed_since(conn, plan):
                     _open_source(conn, "events", name, plan, writer.source_id)
                     if plan.replaces is not None:
-                        _forget_line(store, conn, *plan.replaces)
+                        _forget_line(writer, conn, *plan.replaces)
                     writer.record(conn)
                     _close_source(conn, writer.source_id, result, plan.end, last_line)
                     committing = True  # from here a failure may come after the commit: keep the files
                     return result
             # A source that may continue this content committed since the plan: plan again
-            # (outside the lock: it reads the file). Its lines are still this one's to commit if
-            # the new plan takes them from the same place.
+            # (outside the lock, as it reads the whole file).
             with store.engine.connect() as conn:
-                again = _plan_log(conn, f)
-            if again.lineage() != plan.lineage():
-                raise _TakenMeanwhile()
-            plan.considered = again.considered
+                _plan_again(conn, f, plan)
     except BaseException:
         if not committing:
             writer.discard()
         raise
+
+
+_REPLANS_UNLOCKED = 3  # then under the lock: a writer of a long log is not starved by others' commits
+
+
+def _plan_again(conn: Connection, f: BinaryIO, plan: _LogPlan) -> None:
+    """Plan a log again after others committed: its lines are still this writer's to commit if
+    the file still begins with what it read and the new plan takes them from the same place
+    (else `_ChangedWhileRead` or `_TakenMeanwhile`)."""
+    again = _plan_log(conn, f, begins=plan)
+    if again.lineage() != plan.lineage():
+        raise _TakenMeanwhile()
+    plan.considered = again.considered
 
 
 def _committed_since(conn: Connection, plan: _LogPlan) -> bool:
@@ -332,27 +345,24 @@ def _ingest_stdin(store: st.Store, stream: BinaryIO, chunk_bytes: int, check=Non
     results, offset = [], 0
     for data, first_line in ev.iter_chunks(stream, chunk_bytes):
         plan = _LogPlan(offset, offset + len(data), first_line, hashlib.sha256(data).hexdigest())
-        with store.transaction() as conn:
-            store.lock_for_ingest(conn)
-            if _seen(conn, plan.fingerprint):
+        with _new_source(store) as writer:
+            if _seen(writer.conn, plan.fingerprint):
                 results.append(SourceResult("-", "events", "skipped", first_line=first_line))
             else:
-                results.append(_commit_log(store, conn, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]),
-                                           check))
+                results.append(_commit_log(writer, "-", plan, iter([ev.parse_bytes(data, "-", first_line)]), check))
         offset += len(data)
     return results
 
 
-def _commit_log(store: st.Store, conn: Connection, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
+def _commit_log(writer: _Writer, name: str, plan: _LogPlan, pieces: Iterable[ev.ParsedEvents],
                 check=None) -> SourceResult:
-    """Store the parsed pieces of bytes [start, end) of a log as one source, in the caller's
-    transaction, which holds the ingest lock."""
-    with _Writer.of(store, conn) as writer:
-        _open_source(conn, "events", name, plan, writer.source_id)
-        if plan.replaces is not None:
-            _forget_line(store, conn, *plan.replaces)
-        result, last_line = _store_log(writer, name, plan, pieces, check)
-    _close_source(conn, writer.source_id, result, plan.end, last_line)
+    """Store the parsed pieces of bytes [start, end) of a log as one source, through a writer of
+    `_new_source`."""
+    _open_source(writer.conn, "events", name, plan, writer.source_id)
+    if plan.replaces is not None:
+        _forget_line(writer, writer.conn, *plan.replaces)
+    result, last_line = _store_log(writer, name, plan, pieces, check)
+    _close_source(writer.conn, writer.source_id, result, plan.end, last_line)
     return result
 
 
@@ -378,11 +388,13 @@ def _store_log(writer: _Writer, name: str, plan: _LogPlan, pieces: Iterable[ev.P
 _LINE_TABLES = {"watches": "watch", "ratings": "rate", "recommendations": "recommend", "predictions": "predictions"}
 
 
-def _forget_line(store: st.Store, conn: Connection, source_id: int, line: int) -> None:
+def _forget_line(writer: _Writer, conn: Connection, source_id: int, line: int) -> None:
     """Remove what a half-written line left behind (it is read again, whole), and take it out
-    of its source's counts, so that they still add up: lines == stored + quarantined."""
-    removed = store.lake.forget(conn, store, source_id, line) if store.lake is not None else _delete_line(
-        conn, source_id, line)
+    of its source's counts, so that they still add up: lines == stored + quarantined. On a lake,
+    the file that takes back its minute goes with `writer`'s files."""
+    store = writer.store
+    removed = store.lake.forget(conn, store, source_id, line, writer.files) if store.lake is not None else \
+        _delete_line(conn, source_id, line)
     if not any(removed.values()):
         return  # forgotten already, by another tail that continues the same content
     source = conn.execute(select(st.ingested_sources.c.lines, st.ingested_sources.c.stored,
@@ -423,19 +435,18 @@ def _ingest_table(store: st.Store, path: Path, kind: str) -> SourceResult:
     fingerprint = hashlib.sha256(data).hexdigest()
     reader = formats.read_users_csv if kind == "users" else formats.read_movies_csv
     frame, rejects = reader(path, data)
-    with store.transaction() as conn:
-        store.lock_for_ingest(conn)
+    with _new_source(store) as writer:
+        conn = writer.conn
         if _seen(conn, fingerprint):
             return SourceResult(str(path), kind, "skipped")
         result = SourceResult(str(path), kind, "ingested", lines=len(frame) + len(rejects),
                               stored={kind: len(frame)}, quarantined=len(rejects))
-        with _Writer.of(store, conn) as writer:
-            _open_source(conn, kind, str(path), _LogPlan(0, len(data), 1, fingerprint), writer.source_id)
-            if kind == "users":
-                _store_users(writer, frame)
-            else:
-                _store_movies(writer, frame)
-            _store_rejects(writer, rejects)
+        _open_source(conn, kind, str(path), _LogPlan(0, len(data), 1, fingerprint), writer.source_id)
+        if kind == "users":
+            _store_users(writer, frame)
+        else:
+            _store_movies(writer, frame)
+        _store_rejects(writer, rejects)
         _close_source(conn, writer.source_id, result, len(data), result.lines + 1)
     result.source_id = writer.source_id
     return result
@@ -450,8 +461,8 @@ def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceR
     except OSError as exc:
         raise formats.InputError(path, exc.strerror or "cannot be read") from None
     name, kind = str(path), predictions.format_of(data[:4096])
-    with store.transaction() as conn:
-        store.lock_for_ingest(conn)
+    with _new_source(store) as writer:
+        conn = writer.conn
         if kind == "parquet":
             plan = _LogPlan(0, len(data), 1, hashlib.sha256(data).hexdigest())
         else:
@@ -463,15 +474,14 @@ def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceR
         header = data.split(b"\n", 1)[0] if kind == "csv" and plan.start > 0 else None
         piece = data[plan.start:plan.end]
         frame, rejects = predictions.read(path, piece, model_name, plan.first_line, header, kind)
-        with _Writer.of(store, conn) as writer:
-            _open_source(conn, "predictions", name, plan, writer.source_id)
-            if plan.replaces is not None:
-                _forget_line(store, conn, *plan.replaces)
-            writer.insert(predictions_table, pd.DataFrame({
-                "source_id": writer.source_id, "line": frame["line"], "time": frame["time"],
-                "user_id": frame["user_id"], "movie_key": writer.keys_for(frame["movie_id"]), "model": frame["model"],
-                "prediction": frame["prediction"]}))
-            _store_rejects(writer, rejects)
+        _open_source(conn, "predictions", name, plan, writer.source_id)
+        if plan.replaces is not None:
+            _forget_line(writer, conn, *plan.replaces)
+        writer.insert(predictions_table, pd.DataFrame({
+            "source_id": writer.source_id, "line": frame["line"], "time": frame["time"],
+            "user_id": frame["user_id"], "movie_key": writer.keys_for(frame["movie_id"]), "model": frame["model"],
+            "prediction": frame["prediction"]}))
+        _store_rejects(writer, rejects)
         result = SourceResult(name, "predictions", "ingested", lines=len(frame) + len(rejects),
                               stored={"predictions": len(frame)}, quarantined=len(rejects),
                               first_line=plan.first_line, source_id=writer.source_id)
@@ -482,26 +492,56 @@ def _ingest_predictions(store: st.Store, path: Path, model_name: str) -> SourceR
 
 def _ingest_movielens(store: st.Store, path: Path) -> SourceResult:
     data = movielens.load(path)
-    with store.transaction() as conn:
-        store.lock_for_ingest(conn)
+    with _new_source(store) as writer:
+        conn = writer.conn
         if _seen(conn, data.fingerprint):
             return SourceResult(str(path), "movielens", "skipped")
         result = SourceResult(str(path), "movielens", "ingested",
                               lines=len(data.users) + len(data.movies) + len(data.ratings) + len(data.rejects),
                               stored={"users": len(data.users), "movies": len(data.movies), "rate": len(data.ratings)},
                               quarantined=len(data.rejects))
-        with _Writer.of(store, conn) as writer:
-            _open_source(conn, "movielens", str(path), _LogPlan(0, data.size, 1, data.fingerprint), writer.source_id)
-            _store_users(writer, data.users)
-            _store_movies(writer, data.movies)
-            _store_ratings(writer, data.ratings)
-            _store_rejects(writer, data.rejects)
+        _open_source(conn, "movielens", str(path), _LogPlan(0, data.size, 1, data.fingerprint), writer.source_id)
+        _store_users(writer, data.users)
+        _store_movies(writer, data.movies)
+        _store_ratings(writer, data.ratings)
+        _store_rejects(writer, data.rejects)
         _close_source(conn, writer.source_id, result, data.size, result.lines)
     result.source_id = writer.source_id
     return result
 
 
 # -- writing -----------------------------------------------------------------------------------
+
+def _new_source_id(store: st.Store) -> int:
+    """A new source id, committed at once: a lake's files carry it, and may outlive a writer
+    killed before its commit, so it is never given again."""
+    with store.transaction() as conn:
+        store.lock_for_ingest(conn)
+        return _take_source_id(conn)
+
+
+@contextmanager
+def _new_source(store: st.Store) -> Iterator[_Writer]:
+    """The transaction of a source that holds the ingest lock from its start, and the writer of
+    its rows: its files are recorded at its end, or removed if it fails before its commit (one
+    that fails at the commit itself keeps them, as the commit may have happened). The source need
+    not be stored: a source seen before is skipped by returning."""
+    source_id = _new_source_id(store) if store.lake is not None else None
+    writer, committing = None, False
+    try:
+        with store.transaction() as conn:
+            store.lock_for_ingest(conn)
+            # On a database the id is taken in the source's transaction: nothing of it outlives
+            # a rollback.
+            writer = _Writer(store, source_id or _take_source_id(conn), conn)
+            yield writer
+            writer.record(conn)
+            committing = True
+    except BaseException:
+        if writer is not None and not committing:
+            writer.discard()
+        raise
+
 
 def _take_source_id(conn: Connection) -> int:
     """A new source id, in `conn`'s transaction, which holds the ingest lock: never one given
@@ -537,19 +577,6 @@ class _Writer:
         self.store, self.source_id, self.conn = store, source_id, conn
         self.keys: dict[str, int] = {}
         self.files: list[dict] = []
-
-    @classmethod
-    @contextmanager
-    def of(cls, store: st.Store, conn: Connection) -> Iterator[_Writer]:
-        """A writer of a new source in `conn`'s transaction; its files are recorded at the end,
-        or removed if the source fails."""
-        writer = cls(store, _take_source_id(conn), conn)
-        try:
-            yield writer
-            writer.record(conn)
-        except BaseException:
-            writer.discard()
-            raise
 
     def _in_lake(self, table) -> bool:
         return self.store.lake is not None and table.name in LAKE_TABLES

@@ -12,9 +12,10 @@ Every ingest guarantee of the database holds because a file counts only once the
 so: it is written under a temporary name, renamed into place, then recorded in `lake_files` in
 the transaction of its source. A source that fails removes its files, and one killed with
 ``kill -9`` leaves at most files nobody reads; a committed one has all of its files. So several
-writers can write their files at once and take turns only to commit (recaudit.audits.ingest). Files are never rewritten: a line
-taken back (a log's half-written last line, read again whole) is recorded in `lake_forgotten`
-and left out by readers, and the rollups are appended as partial sums that readers add up.
+writers can write their files at once and take turns only to commit (recaudit.audits.ingest).
+Files are never rewritten: a line taken back (a log's half-written last line, read again
+whole) is recorded in `lake_forgotten` and left out by readers, and the rollups are appended as
+partial sums that readers add up.
 
 The lake is read by an engine (recaudit.audits.engines): every select an audit makes over the
 store's tables runs there unchanged, over views of the manifest's files.
@@ -176,9 +177,10 @@ class Lake:
                     pass
         files.clear()
 
-    def forget(self, conn: Connection, store, source_id: int, line: int) -> dict[str, int]:
-        """Take back one line of a source: how many rows each table held of it (none when it was
-        taken back already), and the rollup's minute it counted."""
+    def forget(self, conn: Connection, store, source_id: int, line: int, files: list[dict]) -> dict[str, int]:
+        """Take back one line of a source, in `conn`'s transaction: how many rows each table held of
+        it (none when it was taken back already); the file taking back the rollup's minute it
+        counted goes to `files`, to be recorded with the source that reads the line again."""
         forgotten = conn.execute(select(lake_forgotten.c.line).where(
             lake_forgotten.c.source_id == source_id, lake_forgotten.c.line == line)).first()
         if forgotten is not None:
@@ -194,11 +196,9 @@ class Lake:
                                                                             w.line == line))
             if len(watched):
                 hour = watched["time"].to_numpy(dtype="datetime64[h]").astype(np.int64)
-                files: list[dict] = []
                 self.write(watch_hours, pd.DataFrame({
                     "user_id": watched["user_id"].to_numpy(), "hour": hour,
                     "movie_key": watched["movie_key"].to_numpy(), "minutes": -1}), files)
-                self.record(conn, files)
             conn.execute(insert(lake_forgotten).values(source_id=source_id, line=line))
         return removed
 

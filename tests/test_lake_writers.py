@@ -50,10 +50,12 @@ def files_recorded(store: st.Store) -> set[str]:
 
 
 class Held:
-    """An ingest in a thread of its own, held after its first piece is parsed (its files of that
-    piece are not written yet) until `release`."""
+    """An ingest in a thread of its own, held until `release`: after its first piece is stored,
+    before its second (or, with `line`, before the piece holding that line is stored: all of the
+    log is read then, and the source not committed)."""
 
-    def __init__(self, url: str, tmp_path: Path, log: Path):
+    def __init__(self, url: str, tmp_path: Path, log: Path, line: int | None = None):
+        self.line = line
         self.store = open_lake(url, tmp_path)
         self.holding, self.go = threading.Event(), threading.Event()
         self.result, self.error, self.pieces = None, None, 0
@@ -63,7 +65,8 @@ class Held:
 
     def _check(self, parsed, name):
         self.pieces += 1
-        if self.pieces == 2:  # the first piece's files are written: hold before the second's
+        due = self.pieces == 2 if self.line is None else self.line in set(parsed.watches["line"])
+        if due:
             self.holding.set()
             self.go.wait(WAIT)
         return parsed
@@ -199,4 +202,107 @@ def test_a_source_id_taken_by_a_writer_killed_mid_write_is_never_given_again(man
     small.write_bytes(watch_lines(6, 10))
     assert ingest(store, [str(small)]).sources[0].source_id == 2
     assert store.count("watches") == 10
+    store.close()
+
+
+def test_a_writer_whose_log_was_copied_and_truncated_meanwhile_stores_nothing_twice(manifest_url, tmp_path):
+    """logrotate's copytruncate: the log is copied to live.log.1 and emptied while a writer holds
+    what it read; another ingests the copy first. The held writer's file no longer begins with
+    what it read, so it removes its files and reads what the file holds now."""
+    log = tmp_path / "live.log"
+    log.write_bytes(watch_lines(7, 3000))
+    held = Held(manifest_url, tmp_path, log, line=3000)  # read whole: the truncation does not cut its reading
+    with open(log, "ab") as f:
+        f.write(watch_lines(7, 1000, start=3000))
+    (tmp_path / "live.log.1").write_bytes(log.read_bytes())
+    log.write_bytes(watch_lines(8, 500))  # truncated in place, then written anew
+    other = open_lake(manifest_url, tmp_path)
+    assert ingest(other, [str(tmp_path / "live.log.1")]).sources[0].lines == 4000
+    result = held.release()
+    assert (result.status, result.lines) == ("ingested", 500)
+    assert ingest(other, [str(tmp_path / "live.log.1"), str(log)]).totals()["lines"] == 0
+    watches = stored_watches(other)
+    assert watches.groupby("user_id").size().to_dict() == {7: 4000, 8: 500}
+    assert not watches.duplicated().any()
+    per_source_counts_add_up(other)
+    assert files_on_disk(tmp_path) == files_recorded(other)
+    other.close()
+
+
+def test_a_writer_that_others_commits_keep_sending_back_plans_again_under_the_lock_and_commits(
+        manifest_url, tmp_path, monkeypatch):
+    """Each time the held writer plans again without the lock, another log is committed at once
+    after it read the manifest, so that its plan is out of date again when it tries to commit.
+    After a few such rounds it plans under the lock, where no one can commit in between."""
+    from recaudit.audits import ingest as ingesting
+
+    a = tmp_path / "a.log"
+    a.write_bytes(watch_lines(1, 3000))
+    real, rounds = ingesting._plan_log, {"unlocked": 0, "locked": 0}
+    committer = open_lake(manifest_url, tmp_path)
+
+    def plan_with_others_committing(conn, f, kind="events", begins=None):
+        locked = conn.in_transaction()  # the round under the lock plans in the commit's transaction
+        plan = real(conn, f, kind, begins)
+        if begins is not None and locked:
+            rounds["locked"] += 1
+        elif begins is not None and rounds["unlocked"] < 10:  # a bound, should it never plan under the lock
+            rounds["unlocked"] += 1
+            other = tmp_path / f"other{rounds['unlocked']}.log"
+            other.write_bytes(watch_lines(100 + rounds["unlocked"], 10))
+            ingest(committer, [str(other)])
+        return plan
+
+    monkeypatch.setattr(ingesting, "_plan_log", plan_with_others_committing)
+    held = Held(manifest_url, tmp_path, a)
+    first = tmp_path / "first.log"
+    first.write_bytes(watch_lines(2, 10))
+    ingest(committer, [str(first)])
+    assert held.release().status == "ingested"
+    assert rounds == {"unlocked": ingesting._REPLANS_UNLOCKED, "locked": 1}
+    assert (stored_watches(committer).user_id == 1).sum() == 3000
+    per_source_counts_add_up(committer)
+    committer.close()
+
+
+def test_a_source_id_taken_for_a_table_that_failed_on_a_lake_is_never_given_again(manifest_url, tmp_path,
+                                                                                    monkeypatch):
+    """Its quarantine's files carry the id, so it is taken before the source's transaction; they
+    are removed when it fails."""
+    from recaudit.audits import ingest as ingesting
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,age,gender,occupation\n1,30,F,writer\n2,x,M,artist\n")  # one quarantined
+    store = open_lake(manifest_url, tmp_path)
+    monkeypatch.setattr(ingesting, "_close_source", lambda *a: (_ for _ in ()).throw(OSError("gone")))
+    with pytest.raises(OSError):
+        ingest(store, [str(users)])
+    monkeypatch.undo()
+    assert store.count("ingested_sources") == 0 and files_on_disk(tmp_path) == set()
+    assert ingest(store, [str(users)]).sources[0].source_id == 2
+    assert store.count("quarantine") == 1 and store.count("users") == 1
+    store.close()
+
+
+def test_a_source_that_fails_after_taking_back_a_half_written_line_leaves_no_file_of_it(manifest_url, tmp_path,
+                                                                                        monkeypatch):
+    from recaudit.audits import ingest as ingesting
+
+    log = tmp_path / "live.log"
+    whole = watch_lines(3, 100)
+    log.write_bytes(whole[:-1])  # the last line without its newline: stored as a watch, taken back
+    store = open_lake(manifest_url, tmp_path)
+    ingest(store, [str(log)])
+    log.write_bytes(whole + watch_lines(3, 50, start=100))
+    real = ingesting._close_source
+    monkeypatch.setattr(ingesting, "_close_source", lambda *a: (_ for _ in ()).throw(OSError("gone")))
+    with pytest.raises(OSError):
+        ingest(store, [str(log)])
+    assert files_on_disk(tmp_path) == files_recorded(store)  # the minute's take-back file too
+    monkeypatch.setattr(ingesting, "_close_source", real)
+    ingest(store, [str(log)])
+    watches = stored_watches(store)
+    assert len(watches) == 150 and not watches.duplicated().any()
+    per_source_counts_add_up(store)
+    assert files_on_disk(tmp_path) == files_recorded(store)
     store.close()

@@ -17,8 +17,6 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -87,17 +85,21 @@ class LakeReader:
     def sql(self, statement) -> str:
         return str(statement.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
 
-    def frame(self, statement) -> pd.DataFrame:
+    def frames(self, statements: list) -> list[pd.DataFrame]:
+        """Run selects over the same views: all see the lake as of one moment."""
         from recaudit.audits.events import _typed
 
         with self._lock:
-            self._prepare(tables_of(statement))
-            return _typed(self.backend.run(self.sql(statement)), "postgresql")
+            self._prepare(set().union(*map(tables_of, statements)))
+            return [_typed(self.backend.run(self.sql(s)), "postgresql") for s in statements]
 
     def _prepare(self, names: set[str]) -> None:
         """Views of these tables as the manifest and the database have them now: all read in one
         snapshot, so that an ingest committing meanwhile is seen whole or not at all."""
-        with self.snapshot() as conn:
+        # All read in one snapshot: else an ingest committing between two of these reads could
+        # show a re-read line twice (its new file listed, its taking back not yet copied) or a
+        # file's rows without their users.
+        with self.store.snapshot() as conn:
             generation = (conn.execute(select(func.max(ingested_sources.c.id))).scalar(),
                           conn.execute(select(func.max(lake_files.c.id))).scalar(),
                           conn.execute(select(func.count()).select_from(lake_forgotten)).scalar())
@@ -115,21 +117,6 @@ class LakeReader:
                 elif self._views.get(name) != generation:
                     self._copy_in(conn, name)
                     self._views[name] = generation
-
-    @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        """A connection whose reads all see the database as of its first one. Else an ingest
-        committing between two of them could show a re-read line twice (its new file listed,
-        its taking back not yet copied) or a file's rows without their users."""
-        with self.store.engine.connect() as conn:
-            if self.store.dialect == "sqlite":
-                conn.exec_driver_sql("BEGIN")  # in WAL mode a read transaction keeps its snapshot
-            else:
-                conn.execution_options(isolation_level="REPEATABLE READ")
-            try:
-                yield conn
-            finally:
-                conn.rollback()
 
     def _view_of_files(self, name: str, paths: list[str], forgetting: bool) -> None:
         raw = f"lake_{name}"

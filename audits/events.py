@@ -8,6 +8,8 @@ integers and times.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,18 +187,41 @@ class EventStore:
         on the lake's engine.
         """
         if self.reader is not None and tables_of(statement) & LAKE_TABLES.keys():
-            return self.reader.frame(statement)
+            return self.reader.frames([statement])[0]
         with self.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                if fixed:
-                    return copy_out(conn, literal_sql(statement))
-                result = conn.execute(statement)
-            else:  # the stored values as they are: times stay microseconds until `_typed`
-                result = conn.exec_driver_sql(str(statement.compile(
-                    dialect=conn.dialect, compile_kwargs={"literal_binds": True})))
-            cols = list(result.keys())
-            rows = result.all()
-        return _typed(pd.DataFrame.from_records(rows, columns=cols), self.dialect)
+            return self._read(conn, statement, fixed)
+
+    def frames(self, *statements) -> list[pd.DataFrame]:
+        """Run several selects as `frame` does, all as of one moment: an ingest committing
+        meanwhile is seen by all of them or by none (e.g. a count and the rows it counts)."""
+        if self.reader is not None and any(tables_of(s) & LAKE_TABLES.keys() for s in statements):
+            return self.reader.frames(list(statements))
+        with self.snapshot() as conn:
+            return [self._read(conn, s) for s in statements]
+
+    def _read(self, conn: Connection, statement, fixed: bool = False) -> pd.DataFrame:
+        if self.dialect == "postgresql":
+            if fixed:
+                return copy_out(conn, literal_sql(statement))
+            result = conn.execute(statement)
+        else:  # the stored values as they are: times stay microseconds until `_typed`
+            result = conn.exec_driver_sql(str(statement.compile(
+                dialect=conn.dialect, compile_kwargs={"literal_binds": True})))
+        cols = list(result.keys())
+        return _typed(pd.DataFrame.from_records(result.all(), columns=cols), self.dialect)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection whose reads all see the database as of its first one."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # in WAL mode a read transaction keeps its snapshot
+            else:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
 
     def movie_ids(self) -> pd.Series:
         """Movie id by key, for turning stored keys back into ids."""

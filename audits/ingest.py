@@ -132,6 +132,7 @@ class _LogPlan:
     head: "hashlib._Hash | None" = None  # the digest of bytes [0, start), to go on with the tail
     after: int = 0  # where the content it continues ends (0: none)
     considered: frozenset[int] = frozenset()  # the earlier sources this plan was made from
+    begins_alike: bool = True  # planned again: whether the file still begins as when first planned
 
     def lineage(self) -> tuple:
         """What a plan takes from where: two plans of one content with the same lineage store the
@@ -143,7 +144,7 @@ def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events", begins: _LogP
     """Read an open log once: its fingerprint, where its last line starts if unterminated, and
     the longest content of the same kind (events, or a predictions file that grows) ingested
     before (under any name) that it begins with. With `begins`, an earlier plan of the same
-    file, the file must still begin with the content that plan was made of."""
+    file, the plan also says whether the file still begins with the content that one was made of."""
     earlier = conn.execute(select(
         st.ingested_sources.c.id, st.ingested_sources.c.fingerprint, st.ingested_sources.c.end_offset,
         st.ingested_sources.c.last_line, st.ingested_sources.c.partial_from)
@@ -167,11 +168,11 @@ def _plan_log(conn: Connection, f: BinaryIO, kind: str = "events", begins: _LogP
         if newline >= 0:
             last_newline = offset + newline
         offset += len(block)
-    if begins is not None and (begins.end not in heads or heads[begins.end].hexdigest() != begins.fingerprint):
-        raise _ChangedWhileRead()  # truncated or rewritten since (copytruncate rotation)
     partial = last_newline + 1 if last_newline + 1 < offset else None
     plan = _LogPlan(0, offset, 1, digest.hexdigest(), partial_from=partial, head=heads[0],
                     considered=frozenset(r.id for r in earlier))
+    if begins is not None:
+        plan.begins_alike = begins.end in heads and heads[begins.end].hexdigest() == begins.fingerprint
     matches = [r for r in earlier if r.end_offset in heads and heads[r.end_offset].hexdigest() == r.fingerprint]
     if matches:
         previous = max(matches, key=lambda r: r.end_offset)
@@ -248,7 +249,7 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
                     writer.discard()
                     return SourceResult(name, "events", "skipped")
                 if replans >= _REPLANS_UNLOCKED:  # others keep committing: plan again with none able to
-                    _plan_again(conn, f, plan)
+                    _plan_again(conn, f, plan, writer, last_line)
                 if not _committed_since(conn, plan):
                     _open_source(conn, "events", name, plan, writer.source_id)
                     if plan.replaces is not None:
@@ -260,7 +261,7 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
             # A source that may continue this content committed since the plan: plan again
             # (outside the lock, as it reads the whole file).
             with store.engine.connect() as conn:
-                _plan_again(conn, f, plan)
+                _plan_again(conn, f, plan, writer, last_line)
     except BaseException:
         if not committing:
             writer.discard()
@@ -270,13 +271,25 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
 _REPLANS_UNLOCKED = 3  # then under the lock: a writer of a long log is not starved by others' commits
 
 
-def _plan_again(conn: Connection, f: BinaryIO, plan: _LogPlan) -> None:
+def _plan_again(conn: Connection, f: BinaryIO, plan: _LogPlan, writer: _Writer, last_line: int) -> None:
     """Plan a log again after others committed: its lines are still this writer's to commit if
-    the file still begins with what it read and the new plan takes them from the same place
-    (else `_ChangedWhileRead` or `_TakenMeanwhile`)."""
+    the new plan takes them from the same place (else `_TakenMeanwhile`). A file that no longer
+    begins with what was read (truncated since: logrotate's copytruncate) cannot tell; its lines
+    are given up only if a source committed meanwhile from the same place holds the same first
+    and last lines, such as the truncated log's copy (else no one else read them, and they are
+    committed as read)."""
     again = _plan_log(conn, f, begins=plan)
-    if again.lineage() != plan.lineage():
+    if again.begins_alike and again.lineage() != plan.lineage():
         raise _TakenMeanwhile()
+    if not again.begins_alike:
+        s = st.ingested_sources.c
+        same_place = conn.execute(select(s.id).where(
+            s.kind == "events", s.start_offset == plan.start, s.end_offset >= plan.end,
+            s.continues == plan.continues if plan.continues is not None else s.continues.is_(None))).scalars()
+        lines = (plan.first_line, last_line)
+        for other in set(same_place) - plan.considered:
+            if writer.store.lake.same_lines(conn, writer.files, other, lines):
+                raise _TakenMeanwhile()
     plan.considered = again.considered
 
 
@@ -525,15 +538,13 @@ def _new_source(store: st.Store) -> Iterator[_Writer]:
     """The transaction of a source that holds the ingest lock from its start, and the writer of
     its rows: its files are recorded at its end, or removed if it fails before its commit (one
     that fails at the commit itself keeps them, as the commit may have happened). The source need
-    not be stored: a source seen before is skipped by returning."""
-    source_id = _new_source_id(store) if store.lake is not None else None
+    not be stored: a source seen before is skipped by returning, and takes no id (the writer
+    takes one, in this transaction, when it is first asked for it)."""
     writer, committing = None, False
     try:
         with store.transaction() as conn:
             store.lock_for_ingest(conn)
-            # On a database the id is taken in the source's transaction: nothing of it outlives
-            # a rollback.
-            writer = _Writer(store, source_id or _take_source_id(conn), conn)
+            writer = _Writer(store, None, conn)
             yield writer
             writer.record(conn)
             committing = True
@@ -573,10 +584,16 @@ class _Writer:
     them with the source (or `discard` removes them). Without `conn` (a lake's writer that holds
     no lock while it writes), new movie keys are taken in short transactions of their own."""
 
-    def __init__(self, store: st.Store, source_id: int, conn: Connection | None = None):
-        self.store, self.source_id, self.conn = store, source_id, conn
+    def __init__(self, store: st.Store, source_id: int | None, conn: Connection | None = None):
+        self.store, self._source_id, self.conn = store, source_id, conn
         self.keys: dict[str, int] = {}
         self.files: list[dict] = []
+
+    @property
+    def source_id(self) -> int:
+        if self._source_id is None:
+            self._source_id = _take_source_id(self.conn)
+        return self._source_id
 
     def _in_lake(self, table) -> bool:
         return self.store.lake is not None and table.name in LAKE_TABLES

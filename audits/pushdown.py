@@ -374,8 +374,8 @@ def plan(dataset: str, suite: list[dict], params: dict, since, until, catalogue:
 def fetch(store, p: Plan) -> tuple[pd.DataFrame, int, dict[str, int]]:
     """The suspects, typed as the whole frame would be; the dataset's rows; and per row check,
     how many rows of its domain the suspects leave out."""
-    df = store.frame(p.suspects)
-    totals = store.frame(p.counts).iloc[0]
+    df, totals = store.frames(p.suspects, p.counts)  # as of one moment: the counts are of these rows
+    totals = totals.iloc[0]
     rows = int(totals["rows"])
     clean = {}
     for i, c in enumerate(p.conditions):

@@ -240,13 +240,13 @@ def test_a_query_sees_the_manifest_and_the_tables_it_copies_in_as_of_one_moment(
     ingest(store, [str(small_world)])
     other = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     count = select(func.count()).select_from(lake_files)
-    with store.reader.snapshot() as conn:
+    with store.snapshot() as conn:
         before = conn.execute(count).scalar()
         with other.begin() as writer:  # another process's ingest commits meanwhile
             writer.execute(lake_files.insert().values(table_name="watches", day="2024-01-09", path="x.parquet",
                                                       source_id=1, rows=0))
         assert conn.execute(count).scalar() == before
-    with store.reader.snapshot() as conn:
+    with store.snapshot() as conn:
         assert conn.execute(count).scalar() == before + 1
     other.dispose()
     store.close()

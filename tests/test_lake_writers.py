@@ -229,6 +229,24 @@ def test_a_writer_whose_log_was_copied_and_truncated_meanwhile_stores_nothing_tw
     other.close()
 
 
+def test_a_writer_whose_log_was_truncated_with_no_copy_while_another_log_committed_keeps_what_it_read(
+        manifest_url, tmp_path):
+    """No source committed meanwhile took a tail from where the held writer's did: its lines were
+    read by no one else, and are committed as read."""
+    log, other = tmp_path / "live.log", tmp_path / "other.log"
+    log.write_bytes(watch_lines(7, 3000))
+    held = Held(manifest_url, tmp_path, log, line=3000)
+    log.write_bytes(watch_lines(8, 500))  # truncated in place (copytruncate, no copy kept), written anew
+    other.write_bytes(watch_lines(2, 5000))
+    committer = open_lake(manifest_url, tmp_path)
+    ingest(committer, [str(other)])
+    assert (held.release().lines, ingest(committer, [str(log)]).sources[0].lines) == (3000, 500)
+    assert stored_watches(committer).groupby("user_id").size().to_dict() == {2: 5000, 7: 3000, 8: 500}
+    per_source_counts_add_up(committer)
+    assert files_on_disk(tmp_path) == files_recorded(committer)
+    committer.close()
+
+
 def test_a_writer_that_others_commits_keep_sending_back_plans_again_under_the_lock_and_commits(
         manifest_url, tmp_path, monkeypatch):
     """Each time the held writer plans again without the lock, another log is committed at once
@@ -265,10 +283,8 @@ def test_a_writer_that_others_commits_keep_sending_back_plans_again_under_the_lo
     committer.close()
 
 
-def test_a_source_id_taken_for_a_table_that_failed_on_a_lake_is_never_given_again(manifest_url, tmp_path,
-                                                                                    monkeypatch):
-    """Its quarantine's files carry the id, so it is taken before the source's transaction; they
-    are removed when it fails."""
+def test_a_table_that_fails_on_a_lake_removes_its_files_and_a_skipped_source_takes_no_id(manifest_url, tmp_path,
+                                                                                        monkeypatch):
     from recaudit.audits import ingest as ingesting
 
     users = tmp_path / "users.csv"
@@ -278,9 +294,15 @@ def test_a_source_id_taken_for_a_table_that_failed_on_a_lake_is_never_given_agai
     with pytest.raises(OSError):
         ingest(store, [str(users)])
     monkeypatch.undo()
-    assert store.count("ingested_sources") == 0 and files_on_disk(tmp_path) == set()
-    assert ingest(store, [str(users)]).sources[0].source_id == 2
+    assert store.count("ingested_sources") == 0 and files_on_disk(tmp_path) == set()  # its quarantine's file
+    assert ingest(store, [str(users)]).sources[0].source_id == 1  # rolled back: nothing of it is left
     assert store.count("quarantine") == 1 and store.count("users") == 1
+    log = tmp_path / "a.log"
+    log.write_bytes(watch_lines(1, 10))
+    for _ in range(3):  # seen, then unchanged: no id is taken for either
+        ingest(store, [str(users), str(log)])
+    with store.engine.connect() as conn:
+        assert list(conn.execute(select(st.source_ids.c.id).order_by(st.source_ids.c.id)).scalars()) == [1, 2]
     store.close()
 
 

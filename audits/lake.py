@@ -216,9 +216,11 @@ class Lake:
         rows: dict[str, list[tuple]] = {}
         for file in files:
             if file["table_name"] in _LINED and any(file["first_line"] <= n <= file["last_line"] for n in lines):
+                # Not what names the source: its id, a quarantined row's number, and the file's
+                # name (a copy of a log has another).
                 data = pq.read_table(self.full_path(file["path"]), filesystem=self.fs,
                                      filters=[("line", "in", list(lines))]).drop_columns(
-                    [c for c in ("source_id", "id") if c in column_types(file["table_name"])])
+                    [c for c in ("source_id", "id", "file") if c in column_types(file["table_name"])])
                 rows.setdefault(file["table_name"], []).extend(zip(*data.to_pydict().values()))
         return {name: sorted(found, key=repr) for name, found in rows.items()}
 

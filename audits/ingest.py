@@ -249,7 +249,7 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
                     writer.discard()
                     return SourceResult(name, "events", "skipped")
                 if replans >= _REPLANS_UNLOCKED:  # others keep committing: plan again with none able to
-                    _plan_again(conn, f, plan, writer, last_line)
+                    _plan_again(conn, f, plan)
                 if not _committed_since(conn, plan):
                     _open_source(conn, "events", name, plan, writer.source_id)
                     if plan.replaces is not None:
@@ -261,7 +261,7 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
             # A source that may continue this content committed since the plan: plan again
             # (outside the lock, as it reads the whole file).
             with store.engine.connect() as conn:
-                _plan_again(conn, f, plan, writer, last_line)
+                _plan_again(conn, f, plan)
     except BaseException:
         if not committing:
             writer.discard()
@@ -271,25 +271,23 @@ def _ingest_log_to_lake(store: st.Store, f: BinaryIO, name: str, chunk_bytes: in
 _REPLANS_UNLOCKED = 3  # then under the lock: a writer of a long log is not starved by others' commits
 
 
-def _plan_again(conn: Connection, f: BinaryIO, plan: _LogPlan, writer: _Writer, last_line: int) -> None:
+def _plan_again(conn: Connection, f: BinaryIO, plan: _LogPlan) -> None:
     """Plan a log again after others committed: its lines are still this writer's to commit if
     the new plan takes them from the same place (else `_TakenMeanwhile`). A file that no longer
-    begins with what was read (truncated since: logrotate's copytruncate) cannot tell; its lines
-    are given up only if a source committed meanwhile from the same place holds the same first
-    and last lines, such as the truncated log's copy (else no one else read them, and they are
-    committed as read)."""
+    begins with what was read (truncated since: logrotate's copytruncate) cannot tell. Its lines
+    are then given up if any source committed meanwhile from the same place, which may be the
+    truncated log's copy (a tail of the same content, or for a log read from its start, any log
+    read from its start); else no one else read them, and they are committed as read."""
     again = _plan_log(conn, f, begins=plan)
     if again.begins_alike and again.lineage() != plan.lineage():
         raise _TakenMeanwhile()
     if not again.begins_alike:
         s = st.ingested_sources.c
         same_place = conn.execute(select(s.id).where(
-            s.kind == "events", s.start_offset == plan.start, s.end_offset >= plan.end,
+            s.kind == "events", s.start_offset == plan.start, s.end_offset > plan.start,
             s.continues == plan.continues if plan.continues is not None else s.continues.is_(None))).scalars()
-        lines = (plan.first_line, last_line)
-        for other in set(same_place) - plan.considered:
-            if writer.store.lake.same_lines(conn, writer.files, other, lines):
-                raise _TakenMeanwhile()
+        if not set(same_place) <= plan.considered:
+            raise _TakenMeanwhile()
     plan.considered = again.considered
 
 

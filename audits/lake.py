@@ -202,28 +202,6 @@ class Lake:
             conn.execute(insert(lake_forgotten).values(source_id=source_id, line=line))
         return removed
 
-    def same_lines(self, conn: Connection, files: list[dict], source_id: int, lines: tuple[int, ...]) -> bool:
-        """Whether a committed source's files hold the same rows at these lines as `files` (a
-        writer's, not recorded): what tells a copy of a log from another log."""
-        f = lake_files.c
-        theirs = [dict(r) for r in conn.execute(select(f.table_name, f.path, f.first_line, f.last_line).where(
-            f.source_id == source_id, f.table_name.in_(_LINED))).mappings()]
-        return self._rows_at(files, lines) == self._rows_at(theirs, lines)
-
-    def _rows_at(self, files: list[dict], lines: tuple[int, ...]) -> dict[str, list[tuple]]:
-        import pyarrow.parquet as pq
-
-        rows: dict[str, list[tuple]] = {}
-        for file in files:
-            if file["table_name"] in _LINED and any(file["first_line"] <= n <= file["last_line"] for n in lines):
-                # Not what names the source: its id, a quarantined row's number, and the file's
-                # name (a copy of a log has another).
-                data = pq.read_table(self.full_path(file["path"]), filesystem=self.fs,
-                                     filters=[("line", "in", list(lines))]).drop_columns(
-                    [c for c in ("source_id", "id", "file") if c in column_types(file["table_name"])])
-                rows.setdefault(file["table_name"], []).extend(zip(*data.to_pydict().values()))
-        return {name: sorted(found, key=repr) for name, found in rows.items()}
-
     # -- reading ---------------------------------------------------------------------------
 
     def files(self, conn: Connection) -> dict[str, list[str]]:

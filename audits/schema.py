@@ -128,9 +128,10 @@ watch_spans = Table(
 )
 
 source_ids = Table(
-    # Every source id ever handed out, committed as it is taken: a lake's writers take theirs
-    # before they write (the id is in their files) and record the source only when it commits,
-    # so an id is never given twice, even to a source that was rolled back or killed.
+    # The source ids handed out: a lake's log writer takes its id in a transaction of its own
+    # before it writes (the id is in its files) and records the source only when it commits, so
+    # that id is never given again, even if the writer is killed. Other sources take theirs in
+    # their own transaction, which a rollback takes back with everything else of the source.
     "source_ids", metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
 )

@@ -232,22 +232,48 @@ def test_a_writer_whose_log_was_copied_and_truncated_meanwhile_stores_nothing_tw
     other.close()
 
 
-def test_a_writer_whose_log_was_truncated_with_no_copy_while_another_log_committed_keeps_what_it_read(
+def test_a_writer_of_a_log_s_tail_truncated_with_no_copy_while_another_log_committed_keeps_what_it_read(
         manifest_url, tmp_path):
-    """No source committed meanwhile took a tail from where the held writer's did: its lines were
-    read by no one else, and are committed as read."""
+    """No source committed meanwhile took a tail from where the held writer's starts (it goes on
+    from the log's first 1,000 lines, stored before): its lines were read by no one else, and
+    are committed as read."""
     log, other = tmp_path / "live.log", tmp_path / "other.log"
-    log.write_bytes(watch_lines(7, 3000))
+    log.write_bytes(watch_lines(7, 1000))
+    committer = open_lake(manifest_url, tmp_path)
+    ingest(committer, [str(log)])
+    with open(log, "ab") as f:
+        f.write(watch_lines(7, 2000, start=1000))
     held = Held(manifest_url, tmp_path, log, line=3000)
     log.write_bytes(watch_lines(8, 500))  # truncated in place (copytruncate, no copy kept), written anew
     other.write_bytes(watch_lines(2, 5000))
-    committer = open_lake(manifest_url, tmp_path)
     ingest(committer, [str(other)])
-    assert (held.release().lines, ingest(committer, [str(log)]).sources[0].lines) == (3000, 500)
+    assert (held.release().lines, ingest(committer, [str(log)]).sources[0].lines) == (2000, 500)
     assert stored_watches(committer).groupby("user_id").size().to_dict() == {2: 5000, 7: 3000, 8: 500}
     per_source_counts_add_up(committer)
     assert files_on_disk(tmp_path) == files_recorded(committer)
     committer.close()
+
+
+def test_a_writer_whose_log_was_truncated_after_a_shorter_read_of_it_committed_stores_nothing_twice(
+        manifest_url, tmp_path):
+    """Another writer read the log when it was shorter and committed; the log is then truncated.
+    The held writer cannot tell the other's lines from its own, and gives them up."""
+    log = tmp_path / "live.log"
+    log.write_bytes(watch_lines(7, 2000))
+    early = open_lake(manifest_url, tmp_path)
+    with open(log, "rb") as snapshot:
+        (tmp_path / "as.read").write_bytes(snapshot.read())
+    with open(log, "ab") as f:
+        f.write(watch_lines(7, 1000, start=2000))
+    held = Held(manifest_url, tmp_path, log, line=3000)
+    ingest(early, [str(tmp_path / "as.read")])  # what the other writer read: the log's first 2,000 lines
+    log.write_bytes(watch_lines(8, 500))
+    assert held.release().lines == 500
+    watches = stored_watches(early)
+    assert watches.groupby("user_id").size().to_dict() == {7: 2000, 8: 500} and not watches.duplicated().any()
+    per_source_counts_add_up(early)
+    assert files_on_disk(tmp_path) == files_recorded(early)
+    early.close()
 
 
 def test_a_writer_that_others_commits_keep_sending_back_plans_again_under_the_lock_and_commits(
